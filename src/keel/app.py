@@ -1,0 +1,238 @@
+"""The kernel: assembles configuration, database, modules and middleware into an ASGI app.
+
+`create_app()` builds Keel's own server; `install(app)` gives an existing FastAPI application
+the same kernel (health, metrics, tracing, errors, protections) with one call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import select
+from starlette.middleware import Middleware
+
+from keel._version import __version__
+from keel.core.config import Config
+from keel.core.database import Database
+from keel.core.errors import ErrorsMiddleware, StartupError, install_exception_handlers
+from keel.core.ids import new_id
+from keel.core.migrate import migration_state, prepare
+from keel.core.models import Instance
+from keel.core.modules import KeelModule, LandingLink, MiddlewareSpec, Slot
+from keel.observability.health import CheckFailed, ReadinessCheck, health_router
+from keel.observability.logging import configure_logging, get_logger
+from keel.observability.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint, new_registry
+from keel.observability.tracing import TraceMiddleware
+from keel.protection.guard import GuardMiddleware
+
+__all__ = ["API_PREFIX", "Keel", "create_app", "install"]
+
+API_PREFIX = "/api/v1"
+
+_logger = get_logger("keel")
+
+
+def _core_module() -> KeelModule:
+    return KeelModule(
+        name="core",
+        middleware=(
+            MiddlewareSpec(
+                Slot.TRACE, TraceMiddleware, lambda k: {"access_log": k.config.access_log}
+            ),
+            MiddlewareSpec(Slot.GUARD, GuardMiddleware, lambda k: {"config": k.config}),
+            MiddlewareSpec(Slot.ERRORS, ErrorsMiddleware),
+            MiddlewareSpec(Slot.METRICS, MetricsMiddleware, lambda k: {"metrics": k.http_metrics}),
+        ),
+    )
+
+
+class Keel:
+    """One running kernel: configuration, database, metrics and the modules plugged in."""
+
+    def __init__(self, config: Config | None = None, *, modules: Sequence[KeelModule] = ()) -> None:
+        self.config = config or Config()
+        self.db = Database(self.config)
+        self.metrics_registry = new_registry()
+        self.http_metrics = HttpMetrics(self.metrics_registry)
+        self.modules: tuple[KeelModule, ...] = (_core_module(), *modules)
+        self.started_at = time.monotonic()
+        self.instance_id: str | None = None
+        self.redis: Any = None
+        self.running = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Migrate (or check migrations), connect Redis, and run every module's startup hook."""
+        state = await prepare(self.db, auto_migrate=self.config.should_auto_migrate)
+        _logger.info("database ready", revision=",".join(state.current))
+        self.instance_id = await self._ensure_instance()
+        if self.config.redis_url:
+            self.redis = _connect_redis(self.config.redis_url)
+        for module in self.modules:
+            for hook in module.on_startup:
+                await hook(self)
+        self.running = True
+        _logger.info(
+            "keel started",
+            version=__version__,
+            database=self.db.dialect,
+            instance=self.instance_id,
+        )
+
+    async def shutdown(self) -> None:
+        """Run shutdown hooks in reverse order and release connections."""
+        self.running = False
+        for module in reversed(self.modules):
+            for hook in reversed(module.on_shutdown):
+                try:
+                    await hook(self)
+                except Exception as exc:
+                    _logger.error("shutdown hook failed", module=module.name, exc_info=exc)
+        if self.redis is not None:
+            await self.redis.aclose()
+            self.redis = None
+        await self.db.dispose()
+        _logger.info("keel stopped")
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
+        """ASGI lifespan: startup before the first request, shutdown after the last."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def _ensure_instance(self) -> str:
+        async with self.db.transaction() as session:
+            instance = await session.scalar(select(Instance).limit(1))
+            if instance is None:
+                instance = Instance(
+                    id=new_id(), created_at=datetime.now(UTC), created_by_version=__version__
+                )
+                session.add(instance)
+            return instance.id
+
+    # --- readiness -------------------------------------------------------------------------
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        """Every readiness check by name: the kernel's own, then the modules'."""
+        checks: dict[str, ReadinessCheck] = {
+            "database": self.db.ping,
+            "migrations": self._check_migrations,
+        }
+        if self.config.redis_url:
+            checks["redis"] = self._check_redis
+        for module in self.modules:
+            for name, factory in module.readiness.items():
+                checks[name] = factory(self)
+        return checks
+
+    async def _check_migrations(self) -> None:
+        state = await migration_state(self.db)
+        if not state.at_head:
+            raise CheckFailed("migrations pending: run `keel db upgrade`")
+
+    async def _check_redis(self) -> None:
+        if self.redis is None:
+            raise CheckFailed("not connected")
+        await self.redis.ping()
+
+    # --- assembly --------------------------------------------------------------------------
+    def middleware(self) -> list[Middleware]:
+        """The middleware chain, outermost first, from every module's slots."""
+        specs = sorted(
+            (spec for module in self.modules for spec in module.middleware),
+            key=lambda spec: spec.slot,
+        )
+        return [Middleware(spec.factory, **spec.options(self)) for spec in specs]
+
+    def routers(self) -> list[APIRouter]:
+        """Routers contributed by modules."""
+        return [factory(self) for module in self.modules for factory in module.routers]
+
+    def landing_links(self) -> list[LandingLink]:
+        """Links modules want on the landing page."""
+        return [link for module in self.modules for link in module.landing_links]
+
+    def install(self, app: FastAPI, *, include_lifespan: bool = True) -> FastAPI:
+        """Mount the kernel into `app`: middleware, error handling, health, metrics, routes."""
+        app.state.keel = self
+        install_exception_handlers(app)
+        # add_middleware puts each new one outermost, so add them innermost first.
+        for item in reversed(self.middleware()):
+            app.add_middleware(item.cls, *item.args, **item.kwargs)
+        app.include_router(
+            health_router(self.readiness_checks, started_at=self.started_at)
+        )
+        if self.config.metrics_enabled:
+            app.add_api_route(
+                "/metrics",
+                lambda: metrics_endpoint(self.metrics_registry),
+                include_in_schema=False,
+                methods=["GET"],
+            )
+        for router in self.routers():
+            app.include_router(router)
+        if include_lifespan:
+            app.router.lifespan_context = _chain_lifespan(self, app.router.lifespan_context)
+        return app
+
+
+def _chain_lifespan(
+    keel: Keel, inner: Callable[[Any], AbstractAsyncContextManager[Any]]
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        async with keel.lifespan(app), inner(app) as state:
+            yield state
+
+    return lifespan
+
+
+def _connect_redis(url: str) -> Any:
+    try:
+        import redis.asyncio as redis_asyncio
+    except ModuleNotFoundError:
+        raise StartupError(
+            "KEEL_REDIS_URL is set but the redis client is not installed",
+            hint="pip install 'keel-server[redis]'",
+        ) from None
+    return redis_asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    modules: Sequence[KeelModule] = (),
+    configure_logs: bool = True,
+) -> FastAPI:
+    """Keel's own server application: the kernel plus its landing page and API reference."""
+    from keel.core.api import install_pages
+
+    keel = Keel(config, modules=modules)
+    if configure_logs:
+        configure_logging(keel.config)
+    app = FastAPI(
+        title="Keel",
+        version=__version__,
+        summary="The production kernel for Python web services.",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=keel.lifespan,
+    )
+    keel.install(app, include_lifespan=False)
+    install_pages(app, keel, api_prefix=API_PREFIX)
+    return app
+
+
+def install(app: FastAPI, config: Config | None = None, **options: Any) -> Keel:
+    """Give an existing FastAPI `app` the Keel kernel; returns the kernel."""
+    keel = Keel(config, **options)
+    keel.install(app)
+    return keel

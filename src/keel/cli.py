@@ -1,0 +1,299 @@
+"""The `keel` command.
+
+Human-readable output on a terminal, `--json` for machines. A failure prints one line naming
+the problem (and a hint) on stderr and exits non-zero; never a stack trace for a user error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from keel._version import __version__
+from keel.core.config import Config
+from keel.core.errors import KeelError, StartupError
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: the production kernel for Python web services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Directory for SQLite and local state [env: KEEL_DATA_DIR]."),
+]
+
+
+def fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
+    """Print `keel: error: message` (and a hint) on stderr and exit with `code`."""
+    err.print(f"[bold red]keel: error:[/] {message}", highlight=False, soft_wrap=True)
+    if hint:
+        err.print(f"  [dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_config(**overrides: Any) -> Config:
+    """The configuration from environment and `keel.toml`, with command-line overrides."""
+    try:
+        return Config(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "configuration"
+        message = first["msg"].removeprefix("Value error, ")
+        fail(
+            f"invalid configuration: {field}: {message}",
+            hint=f"check KEEL_{field.upper()} (or `{field}` in keel.toml)",
+            code=2,
+        )
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine`, turning Keel errors into one-line failures."""
+    try:
+        return asyncio.run(coroutine)
+    except KeelError as exc:
+        fail(exc.detail, hint=exc.hint)
+
+
+def print_json(data: Any) -> None:
+    """Write `data` as indented JSON to stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# --- keel version ----------------------------------------------------------------------------
+@app.command()
+def version(as_json: JsonOption = False) -> None:
+    """Print Keel's version."""
+    if as_json:
+        print_json({"version": __version__, "python": sys.version.split()[0]})
+    else:
+        out.print(f"keel {__version__}", highlight=False)
+
+
+# --- keel serve ------------------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind [env: KEEL_HOST; default 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to bind [env: KEEL_PORT; default 8000].")
+    ] = None,
+    data_dir: DataDirOption = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error [env: KEEL_LOG_LEVEL].")
+    ] = None,
+) -> None:
+    """Run the Keel server (API, pages and every module) until Ctrl-C or SIGTERM.
+
+    On SQLite the database in the data directory is created and migrated automatically; on
+    PostgreSQL run `keel db upgrade` first. In-flight requests get `KEEL_SHUTDOWN_GRACE`
+    seconds to finish when stopping.
+    """
+    import uvicorn
+
+    from keel.app import create_app
+    from keel.observability.logging import configure_logging, get_logger
+
+    config = load_config(host=host, port=port, data_dir=data_dir, log_level=log_level)
+    configure_logging(config)
+    logger = get_logger("keel.cli")
+    run(_preflight(config))
+    if not config.bind_is_loopback and not config.is_https:
+        logger.warning(
+            "listening on a non-loopback address without HTTPS",
+            host=config.host,
+            hint="set KEEL_PUBLIC_URL=https://… behind a TLS proxy, or bind 127.0.0.1",
+        )
+    application = create_app(config, configure_logs=False)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application,
+            host=config.host,
+            port=config.port,
+            proxy_headers=False,  # Keel's guard decides whom to believe (KEEL_TRUSTED_PROXIES)
+            server_header=False,
+            access_log=False,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=config.shutdown_grace,
+        )
+    )
+    logger.info(
+        "serving",
+        url=f"http://{_url_host(config.host)}:{config.port}",
+        database=application.state.keel.db.display_url,
+    )
+    # uvicorn re-raises the stop signal after its graceful shutdown; a no-op handler lets a
+    # requested stop end with exit status 0 instead of dying by that signal.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _ignore_signal)
+    server.run()
+    if not server.started:
+        fail("the server did not start (see the log above)", code=3)
+
+
+def _ignore_signal(_signum: int, _frame: Any) -> None:
+    return None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def _preflight(config: Config) -> None:
+    """Migrate (SQLite) or check migrations (PostgreSQL) before binding the port."""
+    from keel.core.database import Database
+    from keel.core.migrate import prepare
+
+    db = Database(config)
+    try:
+        await prepare(db, auto_migrate=config.should_auto_migrate)
+    finally:
+        await db.dispose()
+
+
+# --- keel db ---------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply pending migrations (safe to run again: does nothing when at head)."""
+    from keel.core.database import Database
+    from keel.core.migrate import first_line, migration_state, upgrade
+
+    config = load_config(data_dir=data_dir)
+
+    async def _go() -> tuple[tuple[str, ...], tuple[str, ...]]:
+        db = Database(config)
+        try:
+            before = (await migration_state(db)).current
+            after = (await upgrade(db, revision)).current
+            return before, after
+        except KeelError:
+            raise
+        except Exception as exc:
+            raise StartupError(
+                f"migration failed on {db.display_url}: {first_line(exc)}",
+                hint="nothing was changed if the database supports transactional DDL",
+            ) from exc
+        finally:
+            await db.dispose()
+
+    before, after = run(_go())
+    if as_json:
+        print_json({"before": list(before), "after": list(after), "changed": before != after})
+    elif before == after:
+        out.print(f"Already at {', '.join(after)}; nothing to do.", highlight=False)
+    else:
+        was = ", ".join(before) or "empty"
+        out.print(f"Migrated {was} → {', '.join(after)}.", highlight=False)
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """Print the database's migration revision and whether it is at head."""
+    from keel.core.database import Database
+    from keel.core.migrate import MigrationState, first_line, migration_state
+
+    config = load_config(data_dir=data_dir)
+
+    async def _go() -> MigrationState:
+        db = Database(config)
+        try:
+            return await migration_state(db)
+        except Exception as exc:
+            raise StartupError(
+                f"cannot read the database at {db.display_url}: {first_line(exc)}",
+                hint="check KEEL_DATABASE_URL (`keel doctor`)",
+            ) from exc
+        finally:
+            await db.dispose()
+
+    state = run(_go())
+    if as_json:
+        print_json(
+            {"current": list(state.current), "heads": list(state.heads), "at_head": state.at_head}
+        )
+    else:
+        current = ", ".join(state.current) or "(empty: no migrations applied)"
+        suffix = " (head)" if state.at_head else f" — head is {', '.join(state.heads)}"
+        out.print(f"{current}{suffix}", highlight=False)
+
+
+# --- keel config -----------------------------------------------------------------------------
+@config_app.command("show")
+def config_show(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """Print the effective configuration, secrets redacted."""
+    config = load_config(data_dir=data_dir)
+    data = config.redacted()
+    if as_json:
+        print_json(data)
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("environment variable", no_wrap=True)
+    for name, value in data.items():
+        shown = "" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(name, shown, f"KEEL_{name.upper()}")
+    out.print(table)
+
+
+# --- keel doctor -----------------------------------------------------------------------------
+@app.command()
+def doctor(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """Check the configuration, data directory, database, migrations and Redis."""
+    from keel.core.doctor import diagnose
+
+    config = load_config(data_dir=data_dir)
+    results = asyncio.run(diagnose(config))
+    if as_json:
+        print_json([result.as_dict() for result in results])
+    else:
+        for result in results:
+            mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
+            out.print(f"{mark} {result.name}: {result.detail}", highlight=False)
+            if result.hint and not result.ok:
+                out.print(f"      [dim]hint:[/] {result.hint}", highlight=False)
+    if not all(result.ok for result in results):
+        raise typer.Exit(1)
+
+
+def add_module_commands(commands: list[tuple[str, Callable[[], typer.Typer]]]) -> None:
+    """Attach module CLIs (`keel <name> …`)."""
+    for name, factory in commands:
+        app.add_typer(factory(), name=name)
+
+
+def main() -> None:
+    """Entry point of the `keel` console script."""
+    app()

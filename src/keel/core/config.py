@@ -1,0 +1,281 @@
+"""Boot-time configuration: `KEEL_*` environment variables, an optional `keel.toml`, defaults.
+
+The configuration is read once and frozen. Secrets are `SecretStr` (or URLs whose password is
+masked by `redacted()`), so they never reach logs, errors or `keel config show`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Config", "redact_url"]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Config(BaseSettings):
+    """Keel's boot-time configuration. Every field is also a `KEEL_<NAME>` variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEEL_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- storage ---------------------------------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".keel"),
+        description="Directory for the embedded SQLite database and local state.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the database. Empty means SQLite in the data directory. "
+            "PostgreSQL: `postgresql+psycopg://user:password@host:5432/name`."
+        ),
+    )
+    database_pool_size: int = Field(
+        default=10, ge=1, le=200, description="Connections per process (PostgreSQL)."
+    )
+    database_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="Seconds to wait for a connection or a SQLite lock before failing.",
+    )
+    auto_migrate: bool | None = Field(
+        default=None,
+        description=(
+            "Apply migrations at start. Default: yes on SQLite, no on PostgreSQL "
+            "(run `keel db upgrade` as a deploy step)."
+        ),
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (`redis://host:6379/0`); optional, shared state across processes.",
+    )
+
+    # --- serving ---------------------------------------------------------------------------
+    host: str = Field(default="127.0.0.1", description="Address `keel serve` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `keel serve` binds.")
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The URL users reach Keel at, e.g. `https://ops.example.com`. When https, plain "
+            "http requests are redirected and HSTS is sent."
+        ),
+    )
+    shutdown_grace: float = Field(
+        default=10.0, ge=0, le=600, description="Seconds in-flight requests get on shutdown."
+    )
+
+    # --- protection ------------------------------------------------------------------------
+    allowed_hosts: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Extra Host header values accepted (comma-separated; `*.example.com` allowed). "
+            "Localhost names, the bind address and the public URL's host are always accepted."
+        ),
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins allowed to make cross-origin requests (exact `scheme://host[:port]`).",
+    )
+    cors_allow_credentials: bool = Field(
+        default=False, description="Allow cookies on CORS requests from `cors_origins`."
+    )
+    trusted_proxies: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For/Proto/Host` "
+            "headers are honoured. Empty: forwarded headers are ignored."
+        ),
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
+    max_json_depth: int = Field(
+        default=32, ge=2, le=1000, description="Deepest JSON nesting accepted (400 beyond)."
+    )
+
+    # --- observability ---------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "console", "json"] = Field(
+        default="auto",
+        description="`auto`: readable on a terminal, JSON otherwise.",
+    )
+    log_file: Path | None = Field(
+        default=None, description="Also write JSON log lines to this file, rotated by size."
+    )
+    log_file_max_bytes: int = Field(
+        default=10_485_760, ge=4096, description="Size at which the log file is rotated."
+    )
+    log_file_backups: int = Field(
+        default=5, ge=0, le=1000, description="Rotated log files kept."
+    )
+    access_log: bool = Field(default=True, description="Log one line per HTTP request.")
+    metrics_enabled: bool = Field(default=True, description="Serve `/metrics`.")
+    docs_enabled: bool = Field(
+        default=True, description="Serve the API reference at `/api/v1/docs`."
+    )
+
+    # --- secrets ---------------------------------------------------------------------------
+    master_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Master key wrapping data keys. Empty: `<data_dir>/master.key` is created (0600)."
+        ),
+    )
+
+    @field_validator("allowed_hosts", "cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_lists(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*" or "*" in origin:
+                raise ValueError("wildcard origins are not allowed; list each origin explicitly")
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return [origin.rstrip("/").lower() for origin in value]
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _valid_public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL, e.g. https://ops.example.com")
+        return value.rstrip("/")
+
+    @field_validator("database_url", "redis_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _known_database(self) -> Config:
+        scheme = urlsplit(self.effective_database_url).scheme
+        if scheme not in ("sqlite+aiosqlite", "postgresql+psycopg"):
+            raise ValueError(
+                f"database_url scheme {scheme!r} is not supported; use sqlite+aiosqlite:// "
+                "or postgresql+psycopg://"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments > environment > `keel.toml` (or `$KEEL_CONFIG_FILE`) > defaults."""
+        toml_path = Path(os.environ.get("KEEL_CONFIG_FILE", "keel.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+    # --- derived values --------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: the configured one, or SQLite in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'keel.db').as_posix()}"
+
+    @property
+    def dialect(self) -> Literal["sqlite", "postgresql"]:
+        """The database dialect name."""
+        return "sqlite" if self.effective_database_url.startswith("sqlite") else "postgresql"
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        """Whether migrations run at start (explicit setting, else SQLite only)."""
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.dialect == "sqlite"
+
+    @property
+    def is_https(self) -> bool:
+        """Whether the public URL is https (turns on redirects and HSTS)."""
+        return bool(self.public_url and self.public_url.startswith("https://"))
+
+    @property
+    def bind_is_loopback(self) -> bool:
+        """Whether `host` only accepts connections from this machine."""
+        if self.host in LOOPBACK_NAMES:
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as plain data with every secret masked."""
+        data = self.model_dump(mode="json")
+        for name, field in type(self).model_fields.items():
+            if field.annotation is not None and "SecretStr" in str(field.annotation):
+                data[name] = "***" if getattr(self, name) is not None else None
+        data["database_url"] = redact_url(self.effective_database_url)
+        if self.redis_url:
+            data["redis_url"] = redact_url(self.redis_url)
+        return data

@@ -1,0 +1,145 @@
+"""The database: one async SQLAlchemy engine per process, for SQLite or PostgreSQL.
+
+SQLite runs in WAL mode with foreign keys on and a busy timeout, and its write transactions
+are serialised in-process and begin with `BEGIN IMMEDIATE`, so a reader never has to upgrade to
+a writer mid-transaction (the usual source of "database is locked"). PostgreSQL uses psycopg 3.
+This module must never build SQL from strings that carry user input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from keel.core.config import Config
+from keel.core.errors import StartupError
+
+__all__ = ["Base", "Database"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Keel table; constraint names are stable across dialects."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+_WRITE_OPTION = "keel_write"
+
+
+class Database:
+    """Engine, sessions and transactions for one configured database."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.url = config.effective_database_url
+        self.dialect = config.dialect
+        self._write_lock = asyncio.Lock()
+        if self.dialect == "sqlite":
+            self._prepare_sqlite_file()
+            self.engine = create_async_engine(
+                self.url,
+                connect_args={"timeout": config.database_timeout},
+                pool_pre_ping=False,
+            )
+            _configure_sqlite(self.engine, busy_timeout_ms=int(config.database_timeout * 1000))
+        else:
+            try:
+                import psycopg  # noqa: F401 - fail here with a hint, not deep in SQLAlchemy
+            except ModuleNotFoundError:
+                raise StartupError(
+                    "PostgreSQL support is not installed",
+                    hint="pip install 'keel-server[postgres]'",
+                ) from None
+            self.engine = create_async_engine(
+                self.url,
+                pool_size=config.database_pool_size,
+                max_overflow=config.database_pool_size,
+                pool_timeout=config.database_timeout,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": max(1, int(config.database_timeout))},
+            )
+        self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
+
+    def _prepare_sqlite_file(self) -> None:
+        database = make_url(self.url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password masked, fit for logs and pages."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads (and manual transactions); closed on exit."""
+        async with self._sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction: committed when the block exits, rolled back if it raises.
+
+        On SQLite, writers in this process queue here instead of inside SQLite's lock.
+        """
+        if self.dialect == "sqlite":
+            async with self._write_lock, self._write_sessions() as session, session.begin():
+                yield session
+        else:
+            async with self._write_sessions() as session, session.begin():
+                yield session
+
+    async def ping(self) -> None:
+        """Run a trivial query; raises if the database cannot be reached."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control away from the driver so BEGIN is issued by us (below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError:
+            cursor.close()
+            raise
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")

@@ -1,0 +1,150 @@
+"""The guard: the checks every request passes before any application code runs.
+
+In order: forwarded headers (trusted proxies only) → HTTPS redirect → Host allowlist → CORS
+preflight → Origin check on unsafe methods → body size and JSON depth limits. Security headers
+(and CORS headers for allowed origins) are added to every response, rejections included.
+Rejections are problem+json, rendered by `keel.core.errors`, and reach no route.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from keel.core.config import Config
+from keel.core.errors import InvalidHost, OriginRejected, PayloadTooLarge, problem_response
+from keel.protection.cors import CorsPolicy
+from keel.protection.headers import security_headers
+from keel.protection.hosts import HostPolicy
+from keel.protection.limits import LimitedReceive
+from keel.protection.proxy import TrustedProxies
+
+__all__ = ["GuardMiddleware"]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Probes and scrapers talk to the process directly, often over plain http inside the network.
+REDIRECT_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+class GuardMiddleware:
+    """Host/Origin guard, CORS, body limits, HTTPS redirect and security headers."""
+
+    def __init__(self, app: ASGIApp, *, config: Config) -> None:
+        self.app = app
+        self.config = config
+        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.hosts = HostPolicy.from_config(config)
+        self.cors = CorsPolicy(config.cors_origins, allow_credentials=config.cors_allow_credentials)
+        self.headers = security_headers(config)
+        self.public_origin = (
+            f"{urlsplit(config.public_url).scheme}://{urlsplit(config.public_url).netloc}".lower()
+            if config.public_url
+            else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if self.proxies:
+            self.proxies.apply(scope)
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        extra = list(self.headers)
+        if origin and self.cors.allows(origin):
+            extra.extend(self.cors.response_headers(origin))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", ())}
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    *((n, v) for n, v in extra if n not in present or n == b"vary"),
+                ]
+            await send(message)
+
+        rejection = self._check(scope, headers, origin)
+        if rejection is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await rejection(scope, receive, send_with_headers)
+            return
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            receive = LimitedReceive(
+                receive,
+                limit=self.config.max_body_bytes,
+                json_depth=self.config.max_json_depth
+                if _is_json(headers.get("content-type"))
+                else None,
+            )
+        await self.app(scope, receive, send_with_headers)
+
+    def _check(self, scope: Scope, headers: Headers, origin: str | None) -> Response | None:
+        """The response that rejects this request, or None to let it through."""
+        if (
+            self.config.is_https
+            and scope["scheme"] in ("http", "ws")
+            and scope["path"] not in REDIRECT_EXEMPT
+        ):
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = f"{self.config.public_url}{scope['path']}" + (f"?{query}" if query else "")
+            return RedirectResponse(target, status_code=308)
+        if not self.hosts.allows(headers.get("host")):
+            return problem_response(
+                InvalidHost(hint="add the name to KEEL_ALLOWED_HOSTS if this server should use it")
+            )
+        method = scope.get("method", "GET")
+        if (
+            method == "OPTIONS"
+            and origin
+            and headers.get("access-control-request-method") is not None
+        ):
+            if not self.cors.allows(origin):
+                return problem_response(OriginRejected())
+            return Response(
+                status_code=204,
+                headers={
+                    k.decode(): v.decode()
+                    for k, v in self.cors.preflight_headers(
+                        origin, headers.get("access-control-request-headers")
+                    )
+                },
+            )
+        if origin is not None and (method not in SAFE_METHODS or scope["type"] == "websocket"):
+            if not self._origin_allowed(origin, scope, headers):
+                return problem_response(OriginRejected())
+        length = headers.get("content-length")
+        if length is not None:
+            try:
+                too_large = int(length) > self.config.max_body_bytes
+            except ValueError:
+                too_large = False
+            if too_large:
+                return problem_response(
+                    PayloadTooLarge(
+                        f"The request body exceeds {self.config.max_body_bytes} bytes.",
+                        hint="raise KEEL_MAX_BODY_BYTES if larger bodies are expected",
+                    )
+                )
+        return None
+
+    def _origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
+        origin = origin.lower().rstrip("/")
+        if origin == "null":
+            return False
+        if self.cors.allows(origin) or origin == self.public_origin:
+            return True
+        scheme = "https" if scope["scheme"] in ("https", "wss") else "http"
+        host = (headers.get("host") or "").lower()
+        return bool(host) and origin == f"{scheme}://{host}"

@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import select
@@ -26,7 +26,12 @@ from keel.core.models import Instance
 from keel.core.modules import KeelModule, LandingLink, MiddlewareSpec, Slot
 from keel.observability.health import CheckFailed, ReadinessCheck, health_router
 from keel.observability.logging import configure_logging, get_logger
-from keel.observability.metrics import HttpMetrics, MetricsMiddleware, metrics_endpoint, new_registry
+from keel.observability.metrics import (
+    HttpMetrics,
+    MetricsMiddleware,
+    metrics_endpoint,
+    new_registry,
+)
 from keel.observability.tracing import TraceMiddleware
 from keel.protection.guard import GuardMiddleware
 
@@ -149,7 +154,7 @@ class Keel:
             (spec for module in self.modules for spec in module.middleware),
             key=lambda spec: spec.slot,
         )
-        return [Middleware(spec.factory, **spec.options(self)) for spec in specs]
+        return [Middleware(cast("Any", spec.factory), **spec.options(self)) for spec in specs]
 
     def routers(self) -> list[APIRouter]:
         """Routers contributed by modules."""
@@ -166,9 +171,7 @@ class Keel:
         # add_middleware puts each new one outermost, so add them innermost first.
         for item in reversed(self.middleware()):
             app.add_middleware(item.cls, *item.args, **item.kwargs)
-        app.include_router(
-            health_router(self.readiness_checks, started_at=self.started_at)
-        )
+        app.include_router(health_router(self.readiness_checks, started_at=self.started_at))
         if self.config.metrics_enabled:
             app.add_api_route(
                 "/metrics",

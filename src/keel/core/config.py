@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -102,8 +103,8 @@ class Config(BaseSettings):
             "http requests are redirected and HSTS is sent."
         ),
     )
-    shutdown_grace: float = Field(
-        default=10.0, ge=0, le=600, description="Seconds in-flight requests get on shutdown."
+    shutdown_grace: int = Field(
+        default=10, ge=0, le=600, description="Seconds in-flight requests get on shutdown."
     )
 
     # --- protection ------------------------------------------------------------------------
@@ -149,9 +150,7 @@ class Config(BaseSettings):
     log_file_max_bytes: int = Field(
         default=10_485_760, ge=4096, description="Size at which the log file is rotated."
     )
-    log_file_backups: int = Field(
-        default=5, ge=0, le=1000, description="Rotated log files kept."
-    )
+    log_file_backups: int = Field(default=5, ge=0, le=1000, description="Rotated log files kept.")
     access_log: bool = Field(default=True, description="Log one line per HTTP request.")
     metrics_enabled: bool = Field(default=True, description="Serve `/metrics`.")
     docs_enabled: bool = Field(
@@ -268,6 +267,14 @@ class Config(BaseSettings):
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry passwords; a repr can end up in a traceback or a log line.
+        for name, value in super().__repr_args__():
+            if name in ("database_url", "redis_url") and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as plain data with every secret masked."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["TraceContext", "current_trace", "set_trace", "reset_trace"]
+__all__ = ["TraceContext", "current_trace", "reset_trace", "set_trace"]
 
 
 @dataclass(frozen=True, slots=True)

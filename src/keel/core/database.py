@@ -11,13 +11,18 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -52,6 +57,7 @@ class Database:
         self.url = config.effective_database_url
         self.dialect = config.dialect
         self._write_lock = asyncio.Lock()
+        self._sqlite_path: Path | None = None
         if self.dialect == "sqlite":
             self._prepare_sqlite_file()
             self.engine = create_async_engine(
@@ -83,7 +89,8 @@ class Database:
     def _prepare_sqlite_file(self) -> None:
         database = make_url(self.url).database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._sqlite_path = Path(database)
+            self._sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @property
     def display_url(self) -> str:
@@ -111,12 +118,23 @@ class Database:
 
     async def ping(self) -> None:
         """Run a trivial query; raises if the database cannot be reached."""
+        if self._sqlite_path is not None:
+            # Pooled SQLite connections answer from their page cache even after the file is
+            # gone or damaged; a fresh read-write open of the file is the honest probe.
+            await asyncio.to_thread(_probe_sqlite_file, self._sqlite_path, self.config)
+            return
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def _probe_sqlite_file(path: Path, config: Config) -> None:
+    uri = f"{path.resolve().as_uri()}?mode=rw"
+    with closing(sqlite3.connect(uri, uri=True, timeout=config.database_timeout)) as connection:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
 def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:

@@ -6,7 +6,10 @@ import asyncio
 import os
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from keel.core.config import Config, redact_url
 from keel.core.database import Database
@@ -48,12 +51,16 @@ def _data_dir(config: Config) -> Diagnosis:
 async def _database(config: Config) -> list[Diagnosis]:
     try:
         db = Database(config)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the doctor reports every failure, never raises
         return [Diagnosis("database", False, first_line(exc), getattr(exc, "hint", None))]
+    sqlite_file = make_url(db.url).database if db.dialect == "sqlite" else None
+    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():  # noqa: ASYNC240
+        await db.dispose()
+        return [Diagnosis("database", True, f"{sqlite_file} will be created by `keel serve`")]
     try:
         try:
             await asyncio.wait_for(db.ping(), config.database_timeout + 1)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
             return [
                 Diagnosis(
                     "database",
@@ -93,7 +100,7 @@ async def _redis(config: Config) -> Diagnosis:
     client = redis_asyncio.from_url(config.redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         await client.ping()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
         return Diagnosis("redis", False, f"cannot reach {shown}: {first_line(exc)}")
     finally:
         await client.aclose()

@@ -22,7 +22,6 @@ the `trace_id`, under which the full exception is logged.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -101,7 +100,7 @@ class KeelError(Exception):
     ) -> None:
         self.detail = detail or (type(self).__doc__ or self.title).strip()
         self.errors = list(errors) if errors else None
-        self.headers = dict(headers) if headers else None
+        self.headers: Mapping[str, str] | None = dict(headers) if headers else None
         self.hint = hint
         super().__init__(self.detail)
 
@@ -268,7 +267,8 @@ def problem_response(error: KeelError) -> Response:
 def _http_exception_response(exc: HTTPException) -> Response:
     # Starlette's own 404/405 carry its stock phrase as detail; only a string chosen by the
     # application is worth repeating.
-    detail = exc.detail if isinstance(exc.detail, str) else None
+    raw: object = exc.detail  # FastAPI's HTTPException allows any JSON value here
+    detail = raw if isinstance(raw, str) else None
     if detail == _HTTP_TITLES.get(exc.status_code):
         detail = None
     body = problem_body(status=exc.status_code, detail=detail)
@@ -292,17 +292,20 @@ def _field_error(error: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-_JSON_POSITION = re.compile(r"line \d+ column \d+")
-
-
 def _validation_response(exc: RequestValidationError) -> Response:
     errors = list(exc.errors())
-    if any(error.get("type") == "json_invalid" for error in errors):
-        context = errors[0].get("ctx") or {}
+    invalid = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if invalid is not None:
+        context = invalid.get("ctx") or {}
         reason = str(context.get("error", "")) if isinstance(context, Mapping) else ""
-        position = _JSON_POSITION.search(reason)
-        detail = "The request body is not valid JSON" + (f" ({position[0]})." if position else ".")
-        return problem_response(MalformedJSON(detail))
+        location = invalid.get("loc", ())
+        position = location[-1] if len(location) > 1 and isinstance(location[-1], int) else None
+        detail = "The request body is not valid JSON"
+        if reason:
+            detail += f": {reason}"
+        if position is not None:
+            detail += f" (at character {position})"
+        return problem_response(MalformedJSON(detail + "."))
     return problem_response(
         ValidationFailed(
             f"{len(errors)} field(s) failed validation.",

@@ -13,7 +13,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
-from sqlalchemy import column, inspect, select, table as table_clause
+from sqlalchemy import column, inspect, select
+from sqlalchemy import table as table_clause
 from sqlalchemy.engine import Connection
 
 from keel.core.database import Database

@@ -55,7 +55,7 @@ async def _run_one(name: str, check: ReadinessCheck, timeout: float) -> CheckRes
         reason: str | None = str(exc)
     except TimeoutError:
         reason = f"no answer within {timeout:g}s"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready; logged in full
         get_logger("keel.health").warning("readiness check failed", check=name, exc_info=exc)
         reason = "unreachable"
     else:

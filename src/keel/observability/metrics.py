@@ -38,7 +38,7 @@ UNMATCHED = "<unmatched>"
 def new_registry() -> CollectorRegistry:
     """A registry with process and platform collectors and Keel's build info."""
     # `*_created` series double the exposition for no use in Prometheus queries.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
@@ -147,4 +147,3 @@ class MetricsMiddleware:
 def metrics_endpoint(registry: CollectorRegistry) -> Response:
     """The Prometheus text exposition of `registry`."""
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-

@@ -37,9 +37,7 @@ def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return trace_id, span_id, bool(int(flags, 16) & 1)
 
 
-def new_trace(
-    traceparent: str | None = None, request_id: str | None = None
-) -> TraceContext:
+def new_trace(traceparent: str | None = None, request_id: str | None = None) -> TraceContext:
     """A new span: a child of `traceparent` when valid, else the root of a new trace."""
     parsed = parse_traceparent(traceparent) if traceparent else None
     span_id = os.urandom(8).hex()

@@ -92,11 +92,7 @@ class GuardMiddleware:
 
     def _check(self, scope: Scope, headers: Headers, origin: str | None) -> Response | None:
         """The response that rejects this request, or None to let it through."""
-        if (
-            self.config.is_https
-            and scope["scheme"] in ("http", "ws")
-            and scope["path"] not in REDIRECT_EXEMPT
-        ):
+        if self._needs_https(scope):
             query = scope.get("query_string", b"").decode("latin-1")
             target = f"{self.config.public_url}{scope['path']}" + (f"?{query}" if query else "")
             return RedirectResponse(target, status_code=308)
@@ -105,39 +101,40 @@ class GuardMiddleware:
                 InvalidHost(hint="add the name to KEEL_ALLOWED_HOSTS if this server should use it")
             )
         method = scope.get("method", "GET")
-        if (
-            method == "OPTIONS"
-            and origin
-            and headers.get("access-control-request-method") is not None
-        ):
-            if not self.cors.allows(origin):
-                return problem_response(OriginRejected())
-            return Response(
-                status_code=204,
-                headers={
-                    k.decode(): v.decode()
-                    for k, v in self.cors.preflight_headers(
-                        origin, headers.get("access-control-request-headers")
-                    )
-                },
-            )
-        if origin is not None and (method not in SAFE_METHODS or scope["type"] == "websocket"):
-            if not self._origin_allowed(origin, scope, headers):
-                return problem_response(OriginRejected())
-        length = headers.get("content-length")
-        if length is not None:
-            try:
-                too_large = int(length) > self.config.max_body_bytes
-            except ValueError:
-                too_large = False
-            if too_large:
-                return problem_response(
-                    PayloadTooLarge(
-                        f"The request body exceeds {self.config.max_body_bytes} bytes.",
-                        hint="raise KEEL_MAX_BODY_BYTES if larger bodies are expected",
-                    )
+        if origin and method == "OPTIONS" and "access-control-request-method" in headers:
+            return self._preflight(origin, headers)
+        unsafe = method not in SAFE_METHODS or scope["type"] == "websocket"
+        if origin is not None and unsafe and not self._origin_allowed(origin, scope, headers):
+            return problem_response(OriginRejected())
+        if self._declared_too_large(headers.get("content-length")):
+            return problem_response(
+                PayloadTooLarge(
+                    f"The request body exceeds {self.config.max_body_bytes} bytes.",
+                    hint="raise KEEL_MAX_BODY_BYTES if larger bodies are expected",
                 )
+            )
         return None
+
+    def _needs_https(self, scope: Scope) -> bool:
+        return (
+            self.config.is_https
+            and scope["scheme"] in ("http", "ws")
+            and scope["path"] not in REDIRECT_EXEMPT
+        )
+
+    def _preflight(self, origin: str, headers: Headers) -> Response:
+        if not self.cors.allows(origin):
+            return problem_response(OriginRejected())
+        granted = self.cors.preflight_headers(origin, headers.get("access-control-request-headers"))
+        return Response(status_code=204, headers={k.decode(): v.decode() for k, v in granted})
+
+    def _declared_too_large(self, length: str | None) -> bool:
+        if length is None:
+            return False
+        try:
+            return int(length) > self.config.max_body_bytes
+        except ValueError:
+            return False
 
     def _origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
         origin = origin.lower().rstrip("/")

@@ -60,7 +60,7 @@ class JsonDepthScanner:
 class LimitedReceive:
     """Wraps `receive`: counts body bytes and feeds JSON bodies to a depth scanner."""
 
-    __slots__ = ("limit", "received", "receive", "scanner")
+    __slots__ = ("limit", "receive", "received", "scanner")
 
     def __init__(self, receive: Receive, *, limit: int, json_depth: int | None) -> None:
         self.receive = receive

@@ -51,33 +51,35 @@ class TrustedProxies:
         client = scope.get("client")
         if not client or not self.trusts(client[0]):
             return
-        forwarded_for = proto = host = None
-        for name, value in scope["headers"]:
-            if name == b"x-forwarded-for":
-                forwarded_for = value.decode("latin-1")
-            elif name == b"x-forwarded-proto":
-                proto = value.decode("latin-1")
-            elif name == b"x-forwarded-host":
-                host = value.decode("latin-1")
-        if forwarded_for:
-            # The right-most address that is not one of our proxies is the real client.
-            hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-            for hop in reversed(hops):
-                address = _address(hop)
-                if address is None:
-                    break
-                if not self.trusts(str(address)):
-                    scope["client"] = (str(address), 0)
-                    break
-        if proto:
-            scheme = proto.split(",")[-1].strip().lower()
+        forwarded = {
+            name: value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+        }
+        if b"x-forwarded-for" in forwarded:
+            real_client = self._client_from(forwarded[b"x-forwarded-for"])
+            if real_client is not None:
+                scope["client"] = (real_client, 0)
+        if b"x-forwarded-proto" in forwarded:
+            scheme = forwarded[b"x-forwarded-proto"].split(",")[-1].strip().lower()
             if scheme in ("http", "https"):
                 if scope["type"] == "websocket":
                     scheme = "wss" if scheme == "https" else "ws"
                 scope["scheme"] = scheme
-        if host:
-            value = host.split(",")[-1].strip().encode("latin-1")
+        if b"x-forwarded-host" in forwarded:
+            host = forwarded[b"x-forwarded-host"].split(",")[-1].strip().encode("latin-1")
             scope["headers"] = [
                 *((n, v) for n, v in scope["headers"] if n != b"host"),
-                (b"host", value),
+                (b"host", host),
             ]
+
+    def _client_from(self, forwarded_for: str) -> str | None:
+        # The right-most address that is not one of our proxies is the real client; anything
+        # left of it was written by the client itself and cannot be believed.
+        for hop in reversed([hop for hop in forwarded_for.split(",") if hop.strip()]):
+            address = _address(hop)
+            if address is None:
+                return None
+            if not self.trusts(str(address)):
+                return str(address)
+        return None

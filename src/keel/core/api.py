@@ -62,6 +62,7 @@ def install_pages(app: FastAPI, keel: Keel, *, api_prefix: str) -> None:
             openapi_url=openapi_url,
             metrics_enabled=keel.config.metrics_enabled,
             links=keel.landing_links(),
+            modules=[module.name for module in keel.modules],
         )
         return HTMLResponse(html)
 

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.middleware import Middleware
 
 from keel._version import __version__
@@ -114,14 +115,22 @@ class Keel:
             await self.shutdown()
 
     async def _ensure_instance(self) -> str:
-        async with self.db.transaction() as session:
-            instance = await session.scalar(select(Instance).limit(1))
-            if instance is None:
-                instance = Instance(
-                    id=new_id(), created_at=datetime.now(UTC), created_by_version=__version__
-                )
-                session.add(instance)
-            return instance.id
+        """This deployment's id, created by whichever process starts first."""
+        for _attempt in range(3):
+            try:
+                async with self.db.transaction() as session:
+                    instance = await session.scalar(select(Instance))
+                    if instance is None:
+                        instance = Instance(
+                            id=new_id(),
+                            created_at=datetime.now(UTC),
+                            created_by_version=__version__,
+                        )
+                        session.add(instance)
+                    return instance.id
+            except IntegrityError:
+                continue  # another process created it first: read theirs
+        raise StartupError("could not create the instance record", hint="run `keel doctor`")
 
     # --- readiness -------------------------------------------------------------------------
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

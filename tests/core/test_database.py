@@ -84,3 +84,17 @@ def test_display_url_hides_password() -> None:
     """The URL shown in logs and pages masks the password."""
     db = Database(Config(database_url="postgresql+psycopg://keel:s3cret@127.0.0.1:1/x"))
     assert "s3cret" not in db.display_url
+
+
+async def test_concurrent_first_starts_agree_on_one_instance(config: Config) -> None:
+    """Several kernels starting at once on an empty database share one instance id."""
+    from keel import Keel
+
+    kernels = [Keel(config) for _ in range(4)]
+    await upgrade(kernels[0].db)
+    try:
+        ids = await asyncio.gather(*(kernel._ensure_instance() for kernel in kernels))
+        assert len(set(ids)) == 1
+    finally:
+        for kernel in kernels:
+            await kernel.db.dispose()

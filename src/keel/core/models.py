@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import CheckConstraint, DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.database import Base
@@ -16,7 +16,10 @@ class Instance(Base):
     """One row: this deployment's id and when its database was first created."""
 
     __tablename__ = "keel_instance"
+    __table_args__ = (CheckConstraint("singleton = 1", name="one_row"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # Two processes starting at once on an empty database must not both create an identity.
+    singleton: Mapped[int] = mapped_column(Integer, unique=True, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by_version: Mapped[str] = mapped_column(String(32))

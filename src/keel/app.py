@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.middleware import Middleware
+from starlette.responses import Response
 
 from keel._version import __version__
 from keel.core.config import Config
@@ -70,6 +71,7 @@ class Keel:
         self.instance_id: str | None = None
         self.redis: Any = None
         self.running = False
+        self._kernel_routes: list[Any] = []
 
     # --- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -106,8 +108,10 @@ class Keel:
         _logger.info("keel stopped")
 
     @asynccontextmanager
-    async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """ASGI lifespan: startup before the first request, shutdown after the last."""
+        if isinstance(app, FastAPI):
+            self._move_kernel_routes_last(app)
         await self.startup()
         try:
             yield
@@ -173,23 +177,36 @@ class Keel:
         """Links modules want on the landing page."""
         return [link for module in self.modules for link in module.landing_links]
 
+    def adopt_routes(self, app: FastAPI, before: int) -> None:
+        """Mark the routes `app` gained since it had `before` routes as the kernel's own."""
+        self._kernel_routes.extend(app.router.routes[before:])
+
+    def _move_kernel_routes_last(self, app: FastAPI) -> None:
+        # Routes are matched in order: the application's own routes, which carry its traffic,
+        # are tried first, and one it defines at a kernel path (say /healthz) wins.
+        ours = {id(route) for route in self._kernel_routes}
+        routes = app.router.routes
+        routes[:] = [r for r in routes if id(r) not in ours] + [r for r in routes if id(r) in ours]
+
     def install(self, app: FastAPI, *, include_lifespan: bool = True) -> FastAPI:
         """Mount the kernel into `app`: middleware, error handling, health, metrics, routes."""
         app.state.keel = self
+        before = len(app.router.routes)
         install_exception_handlers(app)
         # add_middleware puts each new one outermost, so add them innermost first.
         for item in reversed(self.middleware()):
             app.add_middleware(item.cls, *item.args, **item.kwargs)
         app.include_router(health_router(self.readiness_checks, started_at=self.started_at))
         if self.config.metrics_enabled:
-            app.add_api_route(
-                "/metrics",
-                lambda: metrics_endpoint(self.metrics_registry),
-                include_in_schema=False,
-                methods=["GET"],
-            )
+
+            async def metrics() -> Response:
+                # async on purpose: collection reads counters the event loop writes
+                return metrics_endpoint(self.metrics_registry)
+
+            app.add_api_route("/metrics", metrics, include_in_schema=False, methods=["GET"])
         for router in self.routers():
             app.include_router(router)
+        self.adopt_routes(app, before)
         if include_lifespan:
             app.router.lifespan_context = _chain_lifespan(self, app.router.lifespan_context)
         return app
@@ -239,7 +256,9 @@ def create_app(
         lifespan=keel.lifespan,
     )
     keel.install(app, include_lifespan=False)
+    before = len(app.router.routes)
     install_pages(app, keel, api_prefix=API_PREFIX)
+    keel.adopt_routes(app, before)
     return app
 
 

@@ -7,14 +7,35 @@ hold request bodies or secrets.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["TraceContext", "current_trace", "reset_trace", "set_trace"]
+__all__ = [
+    "RESPONSE_KEY",
+    "ResponseRecord",
+    "TraceContext",
+    "current_trace",
+    "reset_trace",
+    "set_trace",
+]
+
+RESPONSE_KEY = "keel.response"
+"""Scope key of the request's `ResponseRecord`, set by the outermost (tracing) middleware."""
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
-    """The W3C trace position of the current unit of work."""
+class ResponseRecord:
+    """What the response has done so far, written once by the outermost middleware.
+
+    Inner middleware (errors, metrics) read it instead of each wrapping `send` again.
+    """
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+
+
+class TraceContext(NamedTuple):
+    """The W3C trace position of the current unit of work (a tuple: made once per request)."""
 
     trace_id: str
     span_id: str

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keel.core.context import current_trace
+from keel.core.context import RESPONSE_KEY, ResponseRecord, current_trace
 
 __all__ = [
     "BadRequest",
@@ -345,18 +345,20 @@ class ErrorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        record = scope.get(RESPONSE_KEY)
+        inner_send = send
+        if record is None:  # not under Keel's tracing middleware: watch the response ourselves
+            record = ResponseRecord()
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+            async def inner_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    record.status = message["status"]
+                await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, inner_send)
         except Exception as exc:
-            if started:
+            if record.status is not None:
                 # Too late for a problem document: let the server abort the connection.
                 raise
             if isinstance(exc, KeelError) and exc.status < 500:

@@ -7,24 +7,27 @@ distinct URLs clients send: an unmatched path is counted as `<unmatched>`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel._version import __version__
+from keel.core.context import RESPONSE_KEY, ResponseRecord
 
 __all__ = ["HttpMetrics", "MetricsMiddleware", "metrics_endpoint", "new_registry"]
 
@@ -32,6 +35,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+_BUCKET_LABELS = (*(repr(bound) for bound in _LATENCY_BUCKETS), "+Inf")
+_STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 UNMATCHED = "<unmatched>"
 
 
@@ -48,30 +53,65 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-class HttpMetrics:
-    """The HTTP request counters and latency histogram."""
+class _Series:
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.count = 0
+        self.total = 0.0
+
+
+class HttpMetrics(Collector):
+    """HTTP request counts and latency histogram, per method, route template and status class.
+
+    Recorded on the event loop with plain integer arithmetic (no lock, no label lookup
+    through prometheus_client on the hot path) and turned into Prometheus families only when
+    scraped, which also happens on the event loop.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ["method", "route", "status_class"]
-        self.requests = Counter(
-            "keel_http_requests_total", "HTTP requests answered.", labels, registry=registry
-        )
-        self.latency = Histogram(
-            "keel_http_request_duration_seconds",
-            "Time from request start to the end of the response.",
-            labels,
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.in_progress = Gauge(
-            "keel_http_requests_in_progress", "HTTP requests being handled.", registry=registry
-        )
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self.in_progress = 0
+        registry.register(self)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one finished request."""
-        labels = (method if method in _METHODS else "OTHER", route, f"{status // 100}xx")
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        status_class = _STATUS_CLASSES.get(status // 100, "other")
+        key = (method if method in _METHODS else "OTHER", route, status_class)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        series.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        series.count += 1
+        series.total += seconds
+
+    def describe(self) -> Iterable[Metric]:
+        """No up-front description: the families are built at collection."""
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        """The current values as Prometheus metric families."""
+        labels = ["method", "route", "status_class"]
+        requests = CounterMetricFamily(
+            "keel_http_requests", "HTTP requests answered.", labels=labels
+        )
+        latency = HistogramMetricFamily(
+            "keel_http_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            labels=labels,
+        )
+        for key, series in list(self._series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(_BUCKET_LABELS, series.buckets, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            requests.add_metric(list(key), series.count)
+            latency.add_metric(list(key), buckets, sum_value=series.total)
+        in_progress = GaugeMetricFamily(
+            "keel_http_requests_in_progress", "HTTP requests being handled.", self.in_progress
+        )
+        return (requests, latency, in_progress)
 
 
 def _plain_route_paths(app: Any) -> dict[Any, str]:
@@ -85,7 +125,9 @@ def _plain_route_paths(app: Any) -> dict[Any, str]:
     return paths
 
 
-def route_template(scope: Scope, root_path: str, plain_routes: Mapping[Any, str]) -> str:
+def route_template(
+    scope: Scope, root_path: str, plain_routes: Callable[[Scope], Mapping[Any, str]]
+) -> str:
     """The matched route's path template (`/api/v1/jobs/{job_id}`), never the raw path."""
     mounted = scope.get("root_path", root_path) or ""
     path_format = getattr(scope.get("route"), "path_format", None)
@@ -97,7 +139,7 @@ def route_template(scope: Scope, root_path: str, plain_routes: Mapping[Any, str]
     if mounted != root_path:
         return f"{mounted}/{{path}}"
     try:
-        return plain_routes.get(endpoint, UNMATCHED)
+        return plain_routes(scope).get(endpoint, UNMATCHED)
     except TypeError:  # an unhashable endpoint
         return UNMATCHED
 
@@ -122,26 +164,31 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         root_path = scope.get("root_path", "")
-        status = 500
+        record = scope.get(RESPONSE_KEY)
+        if record is None:  # not under Keel's tracing middleware: watch the response ourselves
+            record = ResponseRecord()
+            send = _recording(send, record)
         started = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        self.metrics.in_progress.inc()
+        self.metrics.in_progress += 1
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send)
         finally:
-            self.metrics.in_progress.dec()
+            self.metrics.in_progress -= 1
             self.metrics.observe(
                 scope["method"],
-                route_template(scope, root_path, self._plain_routes_of(scope)),
-                status,
+                route_template(scope, root_path, self._plain_routes_of),
+                record.status or 500,
                 time.perf_counter() - started,
             )
+
+
+def _recording(send: Send, record: ResponseRecord) -> Send:
+    async def send_wrapper(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            record.status = message["status"]
+        await send(message)
+
+    return send_wrapper
 
 
 def metrics_endpoint(registry: CollectorRegistry) -> Response:

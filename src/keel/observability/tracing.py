@@ -7,13 +7,19 @@ This is the outermost middleware, so even requests the guard rejects are traced 
 
 from __future__ import annotations
 
-import os
 import re
 import time
+from random import randbytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from keel.core.context import TraceContext, reset_trace, set_trace
+from keel.core.context import (
+    RESPONSE_KEY,
+    ResponseRecord,
+    TraceContext,
+    reset_trace,
+    set_trace,
+)
 from keel.observability.logging import get_logger
 
 __all__ = ["TraceMiddleware", "new_trace", "parse_traceparent"]
@@ -37,23 +43,26 @@ def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return trace_id, span_id, bool(int(flags, 16) & 1)
 
 
+def _random_hex(size: int) -> str:
+    # Trace ids must be unique and non-zero, not secret: the module PRNG (reseeded at fork)
+    # is cheaper than a system call per request.
+    while True:
+        value = randbytes(size)  # noqa: S311 - identifiers, not secrets
+        if any(value):
+            return value.hex()
+
+
 def new_trace(traceparent: str | None = None, request_id: str | None = None) -> TraceContext:
     """A new span: a child of `traceparent` when valid, else the root of a new trace."""
     parsed = parse_traceparent(traceparent) if traceparent else None
-    span_id = os.urandom(8).hex()
+    span_id = _random_hex(8)
     if parsed is None:
-        trace_id, parent, sampled = os.urandom(16).hex(), None, True
+        trace_id, parent, sampled = _random_hex(16), None, True
     else:
         trace_id, parent, sampled = parsed
     if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
         request_id = trace_id
-    return TraceContext(
-        trace_id=trace_id,
-        span_id=span_id,
-        parent_span_id=parent,
-        sampled=sampled,
-        request_id=request_id,
-    )
+    return TraceContext(trace_id, span_id, parent, sampled, request_id)
 
 
 class TraceMiddleware:
@@ -79,13 +88,12 @@ class TraceMiddleware:
             (b"traceparent", trace.traceparent.encode()),
             (b"x-request-id", trace.request_id.encode()),
         ]
-        status = 500
+        record = scope[RESPONSE_KEY] = ResponseRecord()
         started = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                record.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *response_headers]
             await send(message)
 
@@ -98,7 +106,7 @@ class TraceMiddleware:
                     "request",
                     method=scope["method"],
                     path=scope["path"],
-                    status=status,
+                    status=record.status or 500,
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                     client=scope["client"][0] if scope.get("client") else None,
                 )

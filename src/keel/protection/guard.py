@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +23,16 @@ from keel.protection.proxy import TrustedProxies
 
 __all__ = ["GuardMiddleware"]
 
+_READ_HEADERS = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"content-type",
+        b"content-length",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+    }
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Probes and scrapers talk to the process directly, often over plain http inside the network.
 REDIRECT_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -58,18 +67,22 @@ class GuardMiddleware:
             return
         if self.proxies:
             self.proxies.apply(scope)
-        headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        extra = list(self.headers)
+        headers: dict[bytes, str] = {}
+        for name, value in scope["headers"]:
+            if name in _READ_HEADERS and name not in headers:  # the first of duplicates counts
+                headers[name] = value.decode("latin-1")
+        origin = headers.get(b"origin")
+        extra = self.headers
         if origin and self.cors.allows(origin):
-            extra.extend(self.cors.response_headers(origin))
+            extra = [*extra, *self.cors.response_headers(origin)]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", ())}
+                existing = message.get("headers") or []
+                present = {name.lower() for name, _ in existing}
                 message["headers"] = [
-                    *message.get("headers", ()),
-                    *((n, v) for n, v in extra if n not in present or n == b"vary"),
+                    *existing,
+                    *[item for item in extra if item[0] not in present or item[0] == b"vary"],
                 ]
             await send(message)
 
@@ -85,28 +98,30 @@ class GuardMiddleware:
                 receive,
                 limit=self.config.max_body_bytes,
                 json_depth=self.config.max_json_depth
-                if _is_json(headers.get("content-type"))
+                if _is_json(headers.get(b"content-type"))
                 else None,
             )
         await self.app(scope, receive, send_with_headers)
 
-    def _check(self, scope: Scope, headers: Headers, origin: str | None) -> Response | None:
+    def _check(
+        self, scope: Scope, headers: dict[bytes, str], origin: str | None
+    ) -> Response | None:
         """The response that rejects this request, or None to let it through."""
         if self._needs_https(scope):
             query = scope.get("query_string", b"").decode("latin-1")
             target = f"{self.config.public_url}{scope['path']}" + (f"?{query}" if query else "")
             return RedirectResponse(target, status_code=308)
-        if not self.hosts.allows(headers.get("host")):
+        if not self.hosts.allows(headers.get(b"host")):
             return problem_response(
                 InvalidHost(hint="add the name to KEEL_ALLOWED_HOSTS if this server should use it")
             )
         method = scope.get("method", "GET")
-        if origin and method == "OPTIONS" and "access-control-request-method" in headers:
+        if origin and method == "OPTIONS" and b"access-control-request-method" in headers:
             return self._preflight(origin, headers)
         unsafe = method not in SAFE_METHODS or scope["type"] == "websocket"
         if origin is not None and unsafe and not self._origin_allowed(origin, scope, headers):
             return problem_response(OriginRejected())
-        if self._declared_too_large(headers.get("content-length")):
+        if self._declared_too_large(headers.get(b"content-length")):
             return problem_response(
                 PayloadTooLarge(
                     f"The request body exceeds {self.config.max_body_bytes} bytes.",
@@ -122,10 +137,12 @@ class GuardMiddleware:
             and scope["path"] not in REDIRECT_EXEMPT
         )
 
-    def _preflight(self, origin: str, headers: Headers) -> Response:
+    def _preflight(self, origin: str, headers: dict[bytes, str]) -> Response:
         if not self.cors.allows(origin):
             return problem_response(OriginRejected())
-        granted = self.cors.preflight_headers(origin, headers.get("access-control-request-headers"))
+        granted = self.cors.preflight_headers(
+            origin, headers.get(b"access-control-request-headers")
+        )
         return Response(status_code=204, headers={k.decode(): v.decode() for k, v in granted})
 
     def _declared_too_large(self, length: str | None) -> bool:
@@ -136,12 +153,12 @@ class GuardMiddleware:
         except ValueError:
             return False
 
-    def _origin_allowed(self, origin: str, scope: Scope, headers: Headers) -> bool:
+    def _origin_allowed(self, origin: str, scope: Scope, headers: dict[bytes, str]) -> bool:
         origin = origin.lower().rstrip("/")
         if origin == "null":
             return False
         if self.cors.allows(origin) or origin == self.public_origin:
             return True
         scheme = "https" if scope["scheme"] in ("https", "wss") else "http"
-        host = (headers.get("host") or "").lower()
+        host = (headers.get(b"host") or "").lower()
         return bool(host) and origin == f"{scheme}://{host}"

@@ -30,8 +30,6 @@ def security_headers(config: Config) -> list[tuple[bytes, bytes]]:
         "referrer-policy": "no-referrer",
         "x-frame-options": "DENY",
         "cross-origin-opener-policy": "same-origin",
-        "cross-origin-resource-policy": "same-origin",
-        "permissions-policy": "camera=(), microphone=(), geolocation=(), payment=()",
     }
     if config.is_https:
         headers["strict-transport-security"] = "max-age=31536000"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
 from fastapi import FastAPI
 
-from keel import Keel
+from keel import Config, Keel
 from keel.core.errors import KeelError, NotFound, PayloadTooLarge, ServiceUnavailable
 from tests.protection.test_guard import assert_problem
 
@@ -63,3 +66,27 @@ def test_error_classes_default_detail_is_docstring() -> None:
     assert PayloadTooLarge().status == 413
     assert ServiceUnavailable("upstream down").detail == "upstream down"
     assert issubclass(NotFound, KeelError)
+
+
+async def test_failure_after_the_response_started_is_not_rendered_twice(config: Config) -> None:
+    """Once headers are sent, an exception aborts the response instead of a second one."""
+    from asgi_lifespan import LifespanManager
+    from fastapi.responses import StreamingResponse
+
+    from keel import install
+    from tests.conftest import client_for
+
+    application = FastAPI()
+    install(application, config)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise RuntimeError("mid-stream")
+
+    @application.get("/stream")
+    async def stream() -> StreamingResponse:
+        return StreamingResponse(body())
+
+    async with LifespanManager(application), client_for(application) as http:
+        with pytest.raises(RuntimeError, match="mid-stream"):
+            await http.get("/stream")

@@ -233,7 +233,7 @@ async def test_security_headers_on_every_response(user_client: httpx.AsyncClient
         assert "unsafe-inline" not in csp
         assert "frame-ancestors 'none'" in csp
         assert response.headers["x-content-type-options"] == "nosniff"
-        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["cross-origin-opener-policy"] == "same-origin"
         assert response.headers["referrer-policy"] == "no-referrer"
         assert "strict-transport-security" not in response.headers
 
@@ -307,3 +307,26 @@ async def test_forwarded_headers_only_from_trusted_proxies(
     assert (b"host", b"ops.example") in scope["headers"]
     assert (b"host", b"10.0.0.7") not in scope["headers"]
     assert make_config().trusted_proxies == []
+
+
+async def test_route_may_set_its_own_security_header(config: Config) -> None:
+    """A route's own CSP wins over the default; the other headers are still added."""
+    from fastapi import Response as FastAPIResponse
+
+    from keel import install
+
+    application = FastAPI()
+    install(application, config)
+
+    @application.get("/framed")
+    async def framed() -> FastAPIResponse:
+        return FastAPIResponse(
+            "ok", headers={"Content-Security-Policy": "frame-ancestors https://parent.example"}
+        )
+
+    async with LifespanManager(application), client_for(application) as http:
+        response = await http.get("/framed")
+    assert response.headers.get_list("content-security-policy") == [
+        "frame-ancestors https://parent.example"
+    ]
+    assert response.headers["x-content-type-options"] == "nosniff"

@@ -33,6 +33,19 @@ _READ_HEADERS = frozenset(
         b"access-control-request-headers",
     }
 )
+# Headers the guard adds that a route may set itself (`vary` is always added: values combine).
+_OVERRIDABLE = frozenset(
+    {
+        b"content-security-policy",
+        b"x-content-type-options",
+        b"referrer-policy",
+        b"cross-origin-opener-policy",
+        b"strict-transport-security",
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+        b"access-control-expose-headers",
+    }
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Probes and scrapers talk to the process directly, often over plain http inside the network.
 REDIRECT_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -79,11 +92,13 @@ class GuardMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 existing = message.get("headers") or []
-                present = {name.lower() for name, _ in existing}
-                message["headers"] = [
-                    *existing,
-                    *[item for item in extra if item[0] not in present or item[0] == b"vary"],
-                ]
+                if any(name.lower() in _OVERRIDABLE for name, _ in existing):
+                    # The route set one of these itself: its value wins.
+                    present = {name.lower() for name, _ in existing}
+                    added = [item for item in extra if item[0] not in present]
+                else:
+                    added = extra
+                message["headers"] = [*existing, *added]
             await send(message)
 
         rejection = self._check(scope, headers, origin)

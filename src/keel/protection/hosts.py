@@ -13,6 +13,7 @@ from keel.core.config import LOOPBACK_NAMES, Config
 
 __all__ = ["HostPolicy", "split_host"]
 
+_VERDICT_CACHE_SIZE = 256
 _WILDCARD_BINDS = ("0.0.0.0", "::", "[::]", "")  # noqa: S104 - names, not a bind
 
 
@@ -44,6 +45,8 @@ class HostPolicy:
                 exact.add(split_host(name) if ":" in name and not name.startswith("[") else name)
         self.exact = frozenset(exact)
         self.suffixes = tuple(suffixes)
+        # A server sees few distinct Host values; remembering verdicts spares a parse per request.
+        self._verdicts: dict[str, bool] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> HostPolicy:
@@ -63,7 +66,12 @@ class HostPolicy:
             return True
         if not host_header:
             return False
+        known = self._verdicts.get(host_header)
+        if known is not None:
+            return known
         host = split_host(host_header)
-        if host in self.exact:
-            return True
-        return any(host.endswith(suffix) for suffix in self.suffixes)
+        verdict = host in self.exact or any(host.endswith(s) for s in self.suffixes)
+        if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
+            self._verdicts.clear()  # attacker-chosen Hosts cannot grow it without bound
+        self._verdicts[host_header] = verdict
+        return verdict

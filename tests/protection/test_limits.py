@@ -49,6 +49,14 @@ def test_scanner_matches_true_depth(value: Any, limit: int, data: st.DataObject)
         assert not too_deep
 
 
+def test_escape_split_by_an_empty_chunk() -> None:
+    """A backslash ending one chunk still escapes the first byte after an empty chunk."""
+    scanner = JsonDepthScanner(1)
+    for chunk in (b'["a\\', b"", b'"[[[', b'"]'):
+        scanner.feed(chunk)
+    assert scanner.depth == 0
+
+
 async def test_limited_receive_counts_across_chunks() -> None:
     """The size limit applies to the sum of chunks, not to each one."""
     messages = [

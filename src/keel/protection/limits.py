@@ -32,6 +32,8 @@ class JsonDepthScanner:
 
     def feed(self, data: bytes) -> None:
         """Scan the next chunk of the body."""
+        if not data:
+            return  # an empty chunk must not consume a pending escape
         skip = 0 if self.escaped else -1
         self.escaped = False
         for match in _JSON_TOKENS.finditer(data):

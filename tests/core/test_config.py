@@ -87,6 +87,27 @@ def test_secrets_are_redacted() -> None:
     assert redact_url("https://user:pw@[::1]:8/x") == "https://user:***@[::1]:8/x"
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://keel@db/keel?password=s3cret&sslmode=require",
+        "redis://cache:6379/0?password=s3cret",
+        "postgresql+psycopg://keel:s3cret@db/keel?sslpassword=s3cret",
+    ],
+)
+def test_query_string_passwords_are_redacted(url: str) -> None:
+    """Passwords passed as query parameters are masked everywhere a URL is shown."""
+    from keel.core.database import Database
+
+    assert "s3cret" not in redact_url(url)
+    if url.startswith("postgresql"):
+        config = Config(database_url=url)
+        assert "s3cret" not in repr(config)
+        assert "s3cret" not in str(config.redacted())
+        assert "s3cret" not in Database(config).display_url
+        assert "sslmode=require" in redact_url(url) or "sslpassword" in url
+
+
 def test_config_is_frozen() -> None:
     """Boot-time configuration cannot change while running."""
     config = Config()

@@ -90,3 +90,13 @@ async def test_failure_after_the_response_started_is_not_rendered_twice(config: 
     async with LifespanManager(application), client_for(application) as http:
         with pytest.raises(RuntimeError, match="mid-stream"):
             await http.get("/stream")
+
+
+def test_body_errors_keep_their_detail() -> None:
+    """Errors raised while reading the body (also HTTPExceptions) keep detail and status."""
+    from keel.core.errors import JSONTooDeep, MalformedJSON
+
+    for error in (JSONTooDeep("too deep"), MalformedJSON("not json"), PayloadTooLarge("big")):
+        assert error.detail in ("too deep", "not json", "big")
+        assert error.status_code == error.status  # type: ignore[attr-defined]
+        assert str(error).endswith(error.detail)

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from keel import Config, Keel
 from tests.conftest import build_user_app, client_for, count_items, items_metadata
@@ -44,14 +44,14 @@ async def test_bad_host_is_refused_and_nothing_written(
 
 async def test_missing_host_is_refused(user_client: httpx.AsyncClient) -> None:
     """A request without any Host header is refused."""
-    response = await user_client.get("/healthz", headers={"host": ""})
+    response = await user_client.get("/openapi.json", headers={"host": ""})
     assert_problem(response, 400, "invalid-host")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000"])
 async def test_loopback_hosts_are_accepted(user_client: httpx.AsyncClient, host: str) -> None:
     """Localhost names, with or without a port, are always answered."""
-    response = await user_client.get("/healthz", headers={"host": host})
+    response = await user_client.get("/openapi.json", headers={"host": host})
     assert response.status_code == 200
 
 
@@ -227,7 +227,7 @@ async def test_security_headers_on_every_response(user_client: httpx.AsyncClient
     for response in (
         await user_client.get("/healthz"),
         await user_client.get("/no-such-page"),
-        await user_client.get("/healthz", headers={"host": "evil.example"}),
+        await user_client.get("/openapi.json", headers={"host": "evil.example"}),
     ):
         csp = response.headers["content-security-policy"]
         assert "unsafe-inline" not in csp
@@ -269,13 +269,77 @@ async def test_https_redirect_and_hsts(https_client: httpx.AsyncClient) -> None:
 
 
 async def test_redirect_target_ignores_the_request_host(
-    https_client: httpx.AsyncClient,
+    make_config: Callable[..., Config],
 ) -> None:
-    """The redirect goes to the configured public URL, never to a host the client chose."""
-    response = await https_client.get(
-        "/x", headers={"x-forwarded-host": "ops.example", "host": "ops.example"}
-    )
-    assert response.headers["location"].startswith("https://ops.example/")
+    """The redirect goes to the configured public URL, never to the Host the client sent,
+    and keeps the path's percent-encoding."""
+    from keel import create_app
+
+    config = make_config(public_url="https://ops.example", allowed_hosts="other.example")
+    application = create_app(config, configure_logs=False)
+    async with LifespanManager(application), client_for(application) as http:
+        response = await http.get("/a%3Fnext=x%2523y?q=1", headers={"host": "other.example"})
+    assert response.status_code == 308
+    assert response.headers["location"] == "https://ops.example/a%3Fnext=x%2523y?q=1"
+
+
+async def test_probes_answer_any_host(user_client: httpx.AsyncClient) -> None:
+    """Liveness and readiness answer probes that use the pod IP as Host; other paths do not."""
+    assert (await user_client.get("/healthz", headers={"host": "10.1.2.3:8000"})).status_code == 200
+    assert (await user_client.get("/readyz", headers={"host": "10.1.2.3:8000"})).status_code == 200
+    metrics = await user_client.get("/metrics", headers={"host": "10.1.2.3:8000"})
+    assert_problem(metrics, 400, "invalid-host")
+
+
+async def test_body_limits_apply_to_get_and_to_bodies_without_content_type(
+    make_config: Callable[..., Config],
+) -> None:
+    """A chunked GET body is cut at the limit, and JSON sent without a Content-Type (which
+    FastAPI still parses) or as UTF-16 is depth-checked or refused."""
+    application, keel = build_user_app(make_config(max_body_bytes=2048, max_json_depth=5))
+
+    @application.get("/echo-size")
+    async def echo_size(request: Request) -> dict[str, int]:
+        return {"size": len(await request.body())}
+
+    async def big() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"x" * 1000
+
+    deep = '{"name": "x", "tags": ' + "[" * 50 + "]" * 50 + "}"
+    async with LifespanManager(application), client_for(application) as http:
+        async with keel.db.transaction() as session:
+            await (await session.connection()).run_sync(items_metadata.create_all)
+        assert_problem(await http.request("GET", "/echo-size", content=big()), 413)
+        assert_problem(await http.post("/items", content=deep.encode()), 400, "json-too-deep")
+        utf16 = await http.post(
+            "/items",
+            content=deep.encode("utf-16-le"),
+            headers={"content-type": "application/json"},
+        )
+        assert_problem(utf16, 400, "malformed-json")
+        assert await count_items(keel) == 0
+
+
+async def test_forwarded_host_is_ignored_unless_trusted(
+    make_config: Callable[..., Config],
+) -> None:
+    """A client cannot slip a rebinding Host past the allowlist through a trusted proxy by
+    sending its own X-Forwarded-Host; only `trust_forwarded_host` honours that header."""
+    from keel import create_app
+
+    for trust, expected in ((False, 400), (True, 200)):
+        config = make_config(trusted_proxies="10.0.0.0/24", trust_forwarded_host=trust)
+        application = create_app(config, configure_logs=False)
+        transport = httpx.ASGITransport(app=application, client=("10.0.0.5", 4000))
+        async with (
+            LifespanManager(application),
+            httpx.AsyncClient(transport=transport, base_url="http://attacker.example") as http,
+        ):
+            response = await http.get(
+                "/api/v1/openapi.json", headers={"x-forwarded-host": "localhost"}
+            )
+        assert response.status_code == expected, trust
 
 
 async def test_forwarded_headers_only_from_trusted_proxies(
@@ -284,7 +348,7 @@ async def test_forwarded_headers_only_from_trusted_proxies(
     """X-Forwarded-* from an untrusted peer is ignored; from a trusted proxy it is applied."""
     from keel.protection.proxy import TrustedProxies
 
-    proxies = TrustedProxies(["10.0.0.0/24"])
+    proxies = TrustedProxies(["10.0.0.0/24"], trust_host=True)
     scope: dict[str, Any] = {
         "type": "http",
         "scheme": "http",

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -35,19 +35,32 @@ def _split_commas(value: Any) -> Any:
     return value
 
 
+_SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key"}
+)
+
+
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by `***`."""
+    """Return `url` with its password (`user:pw@` or `?password=`) replaced by `***`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
+            query = urlencode(
+                [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
+                safe="*",
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Config(BaseSettings):
@@ -129,6 +142,14 @@ class Config(BaseSettings):
             "headers are honoured. Empty: forwarded headers are ignored."
         ),
     )
+    trust_forwarded_host: bool = Field(
+        default=False,
+        description=(
+            "Take the Host from `X-Forwarded-Host` sent by a trusted proxy. Only enable it when "
+            "the proxy always overwrites that header: a client-supplied value would bypass the "
+            "Host allowlist."
+        ),
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted (413 beyond)."
     )
@@ -161,7 +182,8 @@ class Config(BaseSettings):
     master_key: SecretStr | None = Field(
         default=None,
         description=(
-            "Master key wrapping data keys. Empty: `<data_dir>/master.key` is created (0600)."
+            "Master key wrapping data keys (used by the keyring that identity and backups "
+            "bring; until then unused). Never logged or shown."
         ),
     )
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from keel.core.config import Config
+from keel.core.config import Config, redact_url
 from keel.core.errors import StartupError
 
 __all__ = ["Base", "Database"]
@@ -95,7 +95,7 @@ class Database:
     @property
     def display_url(self) -> str:
         """The URL with any password masked, fit for logs and pages."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return redact_url(self.url)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -102,7 +102,9 @@ class KeelError(Exception):
         self.errors = list(errors) if errors else None
         self.headers: Mapping[str, str] | None = dict(headers) if headers else None
         self.hint = hint
-        super().__init__(self.detail)
+        # Not super(): in errors that are also HTTPExceptions the next class would take
+        # `detail` for a status code.
+        Exception.__init__(self, self.detail)
 
     @property
     def problem_type(self) -> str:
@@ -130,7 +132,7 @@ class BadRequest(KeelError):
     title = "Bad Request"
 
 
-class MalformedJSON(BadRequest):
+class MalformedJSON(_RaisedFromBody, BadRequest):
     """The request body is not valid JSON."""
 
     slug = "malformed-json"

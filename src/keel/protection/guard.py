@@ -49,6 +49,9 @@ _OVERRIDABLE = frozenset(
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Probes and scrapers talk to the process directly, often over plain http inside the network.
 REDIRECT_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+# Orchestrators probe by pod IP, a Host no allowlist names; these answers reveal nothing a
+# rebinding page could use (no data, no state change), so they skip the Host check.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -64,7 +67,9 @@ class GuardMiddleware:
     def __init__(self, app: ASGIApp, *, config: Config) -> None:
         self.app = app
         self.config = config
-        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.proxies = TrustedProxies(
+            config.trusted_proxies, trust_host=config.trust_forwarded_host
+        )
         self.hosts = HostPolicy.from_config(config)
         self.cors = CorsPolicy(config.cors_origins, allow_credentials=config.cors_allow_credentials)
         self.headers = security_headers(config)
@@ -108,12 +113,15 @@ class GuardMiddleware:
                 return
             await rejection(scope, receive, send_with_headers)
             return
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] == "http":
+            # Every method: a GET may carry a chunked body too. FastAPI parses a body without
+            # a Content-Type as JSON, so such a body is depth-checked as well.
+            content_type = headers.get(b"content-type")
             receive = LimitedReceive(
                 receive,
                 limit=self.config.max_body_bytes,
                 json_depth=self.config.max_json_depth
-                if _is_json(headers.get(b"content-type"))
+                if content_type is None or _is_json(content_type)
                 else None,
             )
         await self.app(scope, receive, send_with_headers)
@@ -123,10 +131,12 @@ class GuardMiddleware:
     ) -> Response | None:
         """The response that rejects this request, or None to let it through."""
         if self._needs_https(scope):
+            # raw_path keeps percent-encoding: a decoded `%3F` would turn path into query.
+            path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
             query = scope.get("query_string", b"").decode("latin-1")
-            target = f"{self.config.public_url}{scope['path']}" + (f"?{query}" if query else "")
+            target = f"{self.config.public_url}{path}" + (f"?{query}" if query else "")
             return RedirectResponse(target, status_code=308)
-        if not self.hosts.allows(headers.get(b"host")):
+        if scope["path"] not in PROBE_PATHS and not self.hosts.allows(headers.get(b"host")):
             return problem_response(
                 InvalidHost(hint="add the name to KEEL_ALLOWED_HOSTS if this server should use it")
             )

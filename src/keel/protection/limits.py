@@ -10,7 +10,7 @@ import re
 
 from starlette.types import Message, Receive
 
-from keel.core.errors import JSONTooDeep, PayloadTooLarge
+from keel.core.errors import JSONTooDeep, MalformedJSON, PayloadTooLarge
 
 __all__ = ["JsonDepthScanner", "LimitedReceive"]
 
@@ -22,18 +22,25 @@ _OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
 class JsonDepthScanner:
     """Tracks bracket depth outside JSON strings across chunks; raises past the limit."""
 
-    __slots__ = ("depth", "escaped", "in_string", "limit")
+    __slots__ = ("depth", "escaped", "in_string", "limit", "started")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.depth = 0
         self.in_string = False
         self.escaped = False
+        self.started = False
 
     def feed(self, data: bytes) -> None:
         """Scan the next chunk of the body."""
         if not data:
             return  # an empty chunk must not consume a pending escape
+        if not self.started:
+            self.started = True
+            # JSON on the wire is UTF-8 (RFC 8259); a UTF-16/32 body would hide its brackets
+            # from a byte scanner, so it is refused rather than scanned wrongly.
+            if b"\x00" in data[:4]:
+                raise MalformedJSON("JSON bodies must be UTF-8 encoded.")
         skip = 0 if self.escaped else -1
         self.escaped = False
         for match in _JSON_TOKENS.finditer(data):

@@ -31,10 +31,11 @@ def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
 class TrustedProxies:
     """The set of networks whose forwarded headers are believed."""
 
-    def __init__(self, networks: Iterable[str]) -> None:
+    def __init__(self, networks: Iterable[str], *, trust_host: bool = False) -> None:
         self.networks: tuple[_Network, ...] = tuple(
             ipaddress.ip_network(item, strict=False) for item in networks
         )
+        self.trust_host = trust_host
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -66,7 +67,7 @@ class TrustedProxies:
                 if scope["type"] == "websocket":
                     scheme = "wss" if scheme == "https" else "ws"
                 scope["scheme"] = scheme
-        if b"x-forwarded-host" in forwarded:
+        if self.trust_host and b"x-forwarded-host" in forwarded:
             host = forwarded[b"x-forwarded-host"].split(",")[-1].strip().encode("latin-1")
             scope["headers"] = [
                 *((n, v) for n, v in scope["headers"] if n != b"host"),

@@ -100,3 +100,33 @@ def test_body_errors_keep_their_detail() -> None:
         assert error.detail in ("too deep", "not json", "big")
         assert error.status_code == error.status  # type: ignore[attr-defined]
         assert str(error).endswith(error.detail)
+
+
+async def test_server_side_keel_errors_are_hidden_and_logged(config: Config) -> None:
+    """A 5xx KeelError raised in a route shows no detail (it may name files or URLs) unless
+    it is meant for clients, like 503 with its Retry-After."""
+    from asgi_lifespan import LifespanManager
+
+    from keel import install
+    from keel.core.errors import StartupError
+    from tests.conftest import client_for
+
+    application = FastAPI()
+    install(application, config)
+
+    @application.get("/internal")
+    async def internal() -> None:
+        raise StartupError("cannot open /srv/app/secret.db at postgres://u:pw@db")
+
+    @application.get("/busy")
+    async def busy() -> None:
+        raise ServiceUnavailable("Upstream is down.", headers={"Retry-After": "7"})
+
+    async with LifespanManager(application), client_for(application) as http:
+        hidden = await http.get("/internal")
+        shown = await http.get("/busy")
+    body = assert_problem(hidden, 500)
+    assert "/srv" not in hidden.text and "pw@" not in hidden.text
+    assert body["detail"] == "An unexpected error occurred."
+    assert assert_problem(shown, 503, "service-unavailable")["detail"] == "Upstream is down."
+    assert shown.headers["retry-after"] == "7"

@@ -41,7 +41,7 @@ async def test_readyz_503_when_a_migration_is_missing(
     """A database behind the shipped migrations makes readiness fail, naming `migrations`."""
     keel: Keel = app.state.keel
     async with keel.db.transaction() as session:
-        await session.execute(text("DELETE FROM alembic_version"))
+        await session.execute(text("DELETE FROM keel_alembic_version"))
     response = await client.get("/readyz")
     assert response.status_code == 503
     body = response.json()

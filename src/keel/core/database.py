@@ -12,22 +12,24 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 
 from keel.core.config import Config, redact_url
-from keel.core.errors import StartupError
+from keel.core.errors import ServiceUnavailable, StartupError
 
 __all__ = ["Base", "Database"]
 
@@ -47,6 +49,9 @@ class Base(DeclarativeBase):
 
 
 _WRITE_OPTION = "keel_write"
+_open_transaction: ContextVar[Database | None] = ContextVar("keel_open_transaction", default=None)
+# Arbitrary but fixed: every Keel process migrating the same database takes the same lock.
+_MIGRATION_LOCK_KEY = 0x6B65656C_6D6967
 
 
 class Database:
@@ -65,7 +70,7 @@ class Database:
                 connect_args={"timeout": config.database_timeout},
                 pool_pre_ping=False,
             )
-            _configure_sqlite(self.engine, busy_timeout_ms=int(config.database_timeout * 1000))
+            _configure_sqlite(self.engine, busy_timeout_ms=self._busy_timeout_ms)
         else:
             try:
                 import psycopg  # noqa: F401 - fail here with a hint, not deep in SQLAlchemy
@@ -107,14 +112,82 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: committed when the block exits, rolled back if it raises.
 
-        On SQLite, writers in this process queue here instead of inside SQLite's lock.
+        On SQLite, writers in this process queue here (at most `database_timeout` seconds,
+        then `ServiceUnavailable`) instead of inside SQLite's lock. Opening a transaction
+        inside another in the same task is refused on both dialects: on SQLite it would wait
+        for itself forever; pass the outer session down instead.
         """
-        if self.dialect == "sqlite":
-            async with self._write_lock, self._write_sessions() as session, session.begin():
-                yield session
-        else:
-            async with self._write_sessions() as session, session.begin():
-                yield session
+        if _open_transaction.get() is self:
+            raise RuntimeError(
+                "db.transaction() inside another db.transaction(): pass the session down"
+            )
+        token = _open_transaction.set(self)
+        try:
+            if self.dialect == "sqlite":
+                async with (
+                    self._sqlite_writer(),
+                    self._write_sessions() as session,
+                    session.begin(),
+                ):
+                    yield session
+            else:
+                async with self._write_sessions() as session, session.begin():
+                    yield session
+        finally:
+            _open_transaction.reset(token)
+
+    @asynccontextmanager
+    async def _sqlite_writer(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.config.database_timeout):
+                await self._write_lock.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                "The database is busy; try again shortly.", headers={"Retry-After": "1"}
+            ) from None
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    @property
+    def _busy_timeout_ms(self) -> int:
+        return int(self.config.database_timeout * 1000)
+
+    @asynccontextmanager
+    async def migration_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction for schema changes, safe against concurrent migrators.
+
+        PostgreSQL: a transaction-scoped advisory lock (safe behind PgBouncer), so replicas
+        that migrate at once run one after the other. SQLite: a separate connection with
+        foreign keys off, because rebuilding a table (how SQLite alters one) drops the old
+        table, and with foreign keys on that cascades into deleting child rows; the keys are
+        checked before commit instead.
+        """
+        if self.dialect != "sqlite":
+            async with self.engine.connect() as connection, connection.begin():
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+                yield connection
+            return
+        engine = create_async_engine(self.url, poolclass=NullPool)
+        _configure_sqlite(engine, busy_timeout_ms=self._busy_timeout_ms, foreign_keys=False)
+        try:
+            async with (
+                self._write_lock,
+                engine.execution_options(**{_WRITE_OPTION: True}).connect() as connection,
+                connection.begin(),
+            ):
+                yield connection
+                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).first()
+                if broken is not None:
+                    raise StartupError(
+                        f"a migration left rows in {broken[0]} without their parent",
+                        hint="nothing was changed; report this migration as a bug",
+                    )
+        finally:
+            await engine.dispose()
 
     async def ping(self) -> None:
         """Run a trivial query; raises if the database cannot be reached."""
@@ -137,7 +210,9 @@ def _probe_sqlite_file(path: Path, config: Config) -> None:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
-def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+def _configure_sqlite(
+    engine: AsyncEngine, *, busy_timeout_ms: int, foreign_keys: bool = True
+) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -148,7 +223,7 @@ def _configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             cursor.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError:
             cursor.close()

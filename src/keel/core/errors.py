@@ -50,6 +50,7 @@ __all__ = [
     "StartupError",
     "Unauthenticated",
     "ValidationFailed",
+    "error_response",
     "install_exception_handlers",
     "problem_body",
     "problem_response",
@@ -89,6 +90,13 @@ class KeelError(Exception):
     status: int = 500
     slug: str = "internal-error"
     title: str = "Internal Server Error"
+    expose: bool = False
+    """Whether `detail` (and headers) may reach the client; client errors always may."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "expose" not in cls.__dict__:
+            cls.expose = cls.status < 500
 
     def __init__(
         self,
@@ -212,6 +220,7 @@ class ServiceUnavailable(KeelError):
     """The service is temporarily unavailable."""
 
     status = 503
+    expose = True
     slug = "service-unavailable"
     title = "Service Unavailable"
 
@@ -316,14 +325,29 @@ def _validation_response(exc: RequestValidationError) -> Response:
     )
 
 
-async def _handle(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, KeelError):
+def error_response(exc: Exception, scope: Scope) -> Response:
+    """The one mapping from an exception to its problem response.
+
+    Client errors (and server errors marked `expose`, like 503 with Retry-After) are shown as
+    they are; anything else is logged with its stack and answered with a generic 500 body.
+    """
+    if isinstance(exc, KeelError) and exc.expose:
         return problem_response(exc)
     if isinstance(exc, RequestValidationError):
         return _validation_response(exc)
-    if isinstance(exc, HTTPException):
+    if isinstance(exc, HTTPException) and not isinstance(exc, KeelError) and exc.status_code < 500:
         return _http_exception_response(exc)
-    raise exc  # pragma: no cover - only registered for the types above
+    _log_unexpected(scope, exc)
+    status = exc.status if isinstance(exc, KeelError) else 500
+    return Response(
+        problem_body(status=status, detail="An unexpected error occurred."),
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+    )
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    return error_response(exc, request.scope)
 
 
 def install_exception_handlers(app: FastAPI) -> None:
@@ -363,19 +387,7 @@ class ErrorsMiddleware:
             if record.status is not None:
                 # Too late for a problem document: let the server abort the connection.
                 raise
-            if isinstance(exc, KeelError) and exc.status < 500:
-                response = problem_response(exc)
-            elif isinstance(exc, HTTPException) and exc.status_code < 500:
-                response = _http_exception_response(exc)
-            else:
-                _log_unexpected(scope, exc)
-                status = exc.status if isinstance(exc, KeelError) else 500
-                response = Response(
-                    problem_body(status=status, detail="An unexpected error occurred."),
-                    status_code=status,
-                    media_type=PROBLEM_CONTENT_TYPE,
-                )
-            await response(scope, receive, send)
+            await error_response(exc, scope)(scope, receive, send)
 
 
 def _log_unexpected(scope: Scope, exc: BaseException) -> None:

@@ -68,15 +68,16 @@ class MigrationState:
         return f"at {current}; head is {', '.join(self.heads)}"
 
 
-_VERSION_TABLE = "alembic_version"
+VERSION_TABLE = "keel_alembic_version"
+"""Keel's own version table, so an application's Alembic history can share the database."""
 
 
 def _current(connection: Connection) -> tuple[str, ...]:
     # Read the version table directly: MigrationContext logs at INFO on every call, and
     # readiness probes call this every few seconds.
-    if not inspect(connection).has_table(_VERSION_TABLE):
+    if not inspect(connection).has_table(VERSION_TABLE):
         return ()
-    table = table_clause(_VERSION_TABLE, column("version_num"))
+    table = table_clause(VERSION_TABLE, column("version_num"))
     return tuple(sorted(connection.execute(select(table.c.version_num)).scalars()))
 
 
@@ -99,8 +100,7 @@ async def upgrade(db: Database, revision: str = "head") -> MigrationState:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    async with db.transaction() as session:
-        connection = await session.connection()
+    async with db.migration_transaction() as connection:
         await connection.run_sync(_run)
     return await migration_state(db)
 

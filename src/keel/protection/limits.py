@@ -19,6 +19,13 @@ _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 _OPENERS, _CLOSERS = frozenset(b"[{"), frozenset(b"]}")
 
 
+def _require_utf8(first_chunk: bytes) -> None:
+    # JSON on the wire is UTF-8 (RFC 8259); a UTF-16/32 body would hide its brackets from a
+    # byte scanner, so it is refused rather than scanned wrongly.
+    if b"\x00" in first_chunk[:4]:
+        raise MalformedJSON("JSON bodies must be UTF-8 encoded.")
+
+
 class JsonDepthScanner:
     """Tracks bracket depth outside JSON strings across chunks; raises past the limit."""
 
@@ -37,10 +44,10 @@ class JsonDepthScanner:
             return  # an empty chunk must not consume a pending escape
         if not self.started:
             self.started = True
-            # JSON on the wire is UTF-8 (RFC 8259); a UTF-16/32 body would hide its brackets
-            # from a byte scanner, so it is refused rather than scanned wrongly.
-            if b"\x00" in data[:4]:
-                raise MalformedJSON("JSON bodies must be UTF-8 encoded.")
+            _require_utf8(data)
+        self._scan(data)
+
+    def _scan(self, data: bytes) -> None:
         skip = 0 if self.escaped else -1
         self.escaped = False
         for match in _JSON_TOKENS.finditer(data):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
@@ -64,7 +66,9 @@ async def test_keel_server_pages(client: httpx.AsyncClient) -> None:
     docs = await client.get("/api/v1/docs")
     assert docs.status_code == 200
     for page in (landing, docs):
-        assert "<script>" not in page.text and "style=" not in page.text
+        scripts = re.findall(r"<script\b[^>]*>", page.text)
+        assert all("src=" in tag for tag in scripts), "no inline script"
+        assert "style=" not in page.text and "<style" not in page.text
         assert "http://" not in page.text.replace("http://127.0.0.1", "")
         assert "https://" not in page.text
     for asset in (
@@ -76,3 +80,26 @@ async def test_keel_server_pages(client: httpx.AsyncClient) -> None:
         assert asset in docs.text or asset in landing.text
         response = await client.get(asset)
         assert response.status_code == 200, asset
+
+
+async def test_kernel_routes_survive_a_root_mount_and_yield_to_app_routes(
+    config: Config, tmp_path: Path
+) -> None:
+    """An SPA mounted at "/" does not hide /healthz; an app's own /readyz replaces Keel's."""
+    from fastapi.staticfiles import StaticFiles
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<p>spa</p>")
+    application = FastAPI()
+
+    @application.get("/readyz")
+    async def own_readiness() -> dict[str, str]:
+        return {"mine": "yes"}
+
+    application.mount("/", StaticFiles(directory=tmp_path / "site", html=True), name="spa")
+    keel.install(application, config)
+    async with LifespanManager(application), client_for(application) as http:
+        assert (await http.get("/healthz")).json()["status"] == "ok"
+        assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/readyz")).json() == {"mine": "yes"}
+        assert "spa" in (await http.get("/")).text

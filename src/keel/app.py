@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.middleware import Middleware
 from starlette.responses import Response
+from starlette.routing import Mount
 
 from keel._version import __version__
 from keel.core.config import Config
@@ -112,7 +113,11 @@ class Keel:
         """ASGI lifespan: startup before the first request, shutdown after the last."""
         if isinstance(app, FastAPI):
             self._move_kernel_routes_last(app)
-        await self.startup()
+        try:
+            await self.startup()
+        except BaseException:
+            await self.shutdown()  # release what a failed start opened
+            raise
         try:
             yield
         finally:
@@ -182,11 +187,18 @@ class Keel:
         self._kernel_routes.extend(app.router.routes[before:])
 
     def _move_kernel_routes_last(self, app: FastAPI) -> None:
-        # Routes are matched in order: the application's own routes, which carry its traffic,
-        # are tried first, and one it defines at a kernel path (say /healthz) wins.
+        # Routes are matched in order. The application's exact routes, which carry its
+        # traffic, are tried first (one it defines at a kernel path, say /readyz, wins); the
+        # kernel's come before any mount or catch-all (an SPA mounted at "/" must not swallow
+        # /healthz).
         ours = {id(route) for route in self._kernel_routes}
-        routes = app.router.routes
-        routes[:] = [r for r in routes if id(r) not in ours] + [r for r in routes if id(r) in ours]
+        theirs = [r for r in app.router.routes if id(r) not in ours]
+        kernel = [r for r in app.router.routes if id(r) in ours]
+        cut = next((i for i, r in enumerate(theirs) if _is_catch_all(r)), len(theirs))
+        app.router.routes[:] = [*theirs[:cut], *kernel, *theirs[cut:]]
+        mark_changed = getattr(app.router, "_mark_routes_changed", None)
+        if callable(mark_changed):  # FastAPI versions that cache their routing tables
+            mark_changed()
 
     def install(self, app: FastAPI, *, include_lifespan: bool = True) -> FastAPI:
         """Mount the kernel into `app`: middleware, error handling, health, metrics, routes."""
@@ -210,6 +222,10 @@ class Keel:
         if include_lifespan:
             app.router.lifespan_context = _chain_lifespan(self, app.router.lifespan_context)
         return app
+
+
+def _is_catch_all(route: Any) -> bool:
+    return isinstance(route, Mount) or ":path}" in getattr(route, "path", "")
 
 
 def _chain_lifespan(

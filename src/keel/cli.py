@@ -131,7 +131,10 @@ def serve(
             host=config.host,
             hint="set KEEL_PUBLIC_URL=https://… behind a TLS proxy, or bind 127.0.0.1",
         )
-    application = create_app(config, configure_logs=False)
+    # The preflight brought the schema to head; the app only has to verify it.
+    application = create_app(
+        config.model_copy(update={"auto_migrate": False}), configure_logs=False
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             application,

@@ -6,8 +6,11 @@ hold request bodies or secrets.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from starlette.types import Message, Send
 
 __all__ = [
     "RESPONSE_KEY",
@@ -15,6 +18,7 @@ __all__ = [
     "TraceContext",
     "current_trace",
     "reset_trace",
+    "response_record",
     "set_trace",
 ]
 
@@ -32,6 +36,22 @@ class ResponseRecord:
 
     def __init__(self) -> None:
         self.status: int | None = None
+
+
+def response_record(scope: MutableMapping[str, Any], send: Send) -> tuple[ResponseRecord, Send]:
+    """The request's record and the `send` to use: the tracing middleware's record when it
+    runs outside, else a fresh record and a `send` that fills it."""
+    record = scope.get(RESPONSE_KEY)
+    if isinstance(record, ResponseRecord):
+        return record, send
+    record = ResponseRecord()
+
+    async def recording_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            record.status = message["status"]
+        await send(message)
+
+    return record, recording_send
 
 
 class TraceContext(NamedTuple):

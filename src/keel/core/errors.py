@@ -30,9 +30,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keel.core.context import RESPONSE_KEY, ResponseRecord, current_trace
+from keel.core.context import current_trace, response_record
 
 __all__ = [
     "BadRequest",
@@ -371,23 +371,14 @@ class ErrorsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        record = scope.get(RESPONSE_KEY)
-        inner_send = send
-        if record is None:  # not under Keel's tracing middleware: watch the response ourselves
-            record = ResponseRecord()
-
-            async def inner_send(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    record.status = message["status"]
-                await send(message)
-
+        record, inner_send = response_record(scope, send)
         try:
             await self.app(scope, receive, inner_send)
         except Exception as exc:
             if record.status is not None:
                 # Too late for a problem document: let the server abort the connection.
                 raise
-            await error_response(exc, scope)(scope, receive, send)
+            await error_response(exc, scope)(scope, receive, inner_send)
 
 
 def _log_unexpected(scope: Scope, exc: BaseException) -> None:

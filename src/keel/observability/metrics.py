@@ -24,10 +24,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel._version import __version__
-from keel.core.context import RESPONSE_KEY, ResponseRecord
+from keel.core.context import response_record
 
 __all__ = ["HttpMetrics", "MetricsMiddleware", "metrics_endpoint", "new_registry"]
 
@@ -164,10 +164,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         root_path = scope.get("root_path", "")
-        record = scope.get(RESPONSE_KEY)
-        if record is None:  # not under Keel's tracing middleware: watch the response ourselves
-            record = ResponseRecord()
-            send = _recording(send, record)
+        record, send = response_record(scope, send)
         started = time.perf_counter()
         self.metrics.in_progress += 1
         try:
@@ -180,15 +177,6 @@ class MetricsMiddleware:
                 record.status or 500,
                 time.perf_counter() - started,
             )
-
-
-def _recording(send: Send, record: ResponseRecord) -> Send:
-    async def send_wrapper(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            record.status = message["status"]
-        await send(message)
-
-    return send_wrapper
 
 
 def metrics_endpoint(registry: CollectorRegistry) -> Response:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter
+from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from typer.testing import CliRunner
 
 from keel import Config, Keel, KeelModule, create_app
 from keel.cli import add_module_commands, app
+from keel.core.migrate import migration_state
 from keel.core.modules import LandingLink, MiddlewareSpec, Slot
 from keel.observability.health import CheckFailed
 from tests.conftest import client_for
@@ -115,3 +119,48 @@ def test_module_cli_commands_are_attached() -> None:
     finally:
         app.registered_groups[:] = before
     assert result.output.strip() == "hello from demo"
+
+
+DEMO_MIGRATIONS = Path(__file__).parent / "fixtures" / "demo_migrations"
+
+
+async def test_module_migrations_run_on_their_own_branch(config: Config) -> None:
+    """A module's migrations are applied at start beside Keel's, and readiness counts them."""
+    module = KeelModule(name="demo", migrations=DEMO_MIGRATIONS)
+    application = create_app(config, modules=[module], configure_logs=False)
+    async with LifespanManager(application), client_for(application) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        kernel: Keel = application.state.keel
+        async with kernel.db.session() as session:
+            assert await session.scalar(text("SELECT count(*) FROM demo_notes")) == 0
+        state = await migration_state(kernel.db, kernel.migration_locations)
+        assert state.at_head
+        assert {"0001_core_instance", "demo_0001"} <= state.applied
+    without = await migration_state(kernel.db)
+    assert not without.at_head, "Keel alone does not know the demo branch"
+
+
+def test_modules_are_discovered_from_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed packages declare modules under `keel.modules`; a broken one is a clear error."""
+    from importlib.metadata import EntryPoint
+
+    from keel.core import modules as registry
+    from keel.core.errors import StartupError
+
+    good = EntryPoint("demo", "tests.test_modules:demo_module", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [good])
+    assert [m.name for m in registry.discover_modules()] == ["demo"]
+    bad = EntryPoint("broken", "tests.test_modules:not_a_module", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [bad])
+    with pytest.raises(StartupError, match="not a KeelModule"):
+        registry.discover_modules()
+
+
+def demo_module() -> KeelModule:
+    """A module factory, as an entry point would name it."""
+    return KeelModule(name="demo", migrations=DEMO_MIGRATIONS)
+
+
+def not_a_module() -> str:
+    """What a misdeclared entry point might return."""
+    return "nope"

@@ -26,7 +26,14 @@ from keel.core.errors import ErrorsMiddleware, StartupError, install_exception_h
 from keel.core.ids import new_id
 from keel.core.migrate import migration_state, prepare
 from keel.core.models import Instance
-from keel.core.modules import KeelModule, LandingLink, MiddlewareSpec, Slot
+from keel.core.modules import (
+    KeelModule,
+    LandingLink,
+    MiddlewareSpec,
+    Slot,
+    discover_modules,
+    migration_locations,
+)
 from keel.observability.health import CheckFailed, ReadinessCheck, health_router
 from keel.observability.logging import configure_logging, get_logger
 from keel.observability.metrics import (
@@ -62,12 +69,17 @@ def _core_module() -> KeelModule:
 class Keel:
     """One running kernel: configuration, database, metrics and the modules plugged in."""
 
-    def __init__(self, config: Config | None = None, *, modules: Sequence[KeelModule] = ()) -> None:
+    def __init__(
+        self, config: Config | None = None, *, modules: Sequence[KeelModule] | None = None
+    ) -> None:
+        """`modules`: the modules to run; None means those installed packages declare."""
         self.config = config or Config()
         self.db = Database(self.config)
         self.metrics_registry = new_registry()
         self.http_metrics = HttpMetrics(self.metrics_registry)
-        self.modules: tuple[KeelModule, ...] = (_core_module(), *modules)
+        extra = discover_modules() if modules is None else modules
+        self.modules: tuple[KeelModule, ...] = (_core_module(), *extra)
+        self.migration_locations = migration_locations(self.modules)
         self.started_at = time.monotonic()
         self.instance_id: str | None = None
         self.redis: Any = None
@@ -77,7 +89,11 @@ class Keel:
     # --- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
         """Migrate (or check migrations), connect Redis, and run every module's startup hook."""
-        state = await prepare(self.db, auto_migrate=self.config.should_auto_migrate)
+        state = await prepare(
+            self.db,
+            auto_migrate=self.config.should_auto_migrate,
+            locations=self.migration_locations,
+        )
         _logger.info("database ready", revision=",".join(state.current))
         self.instance_id = await self._ensure_instance()
         if self.config.redis_url:
@@ -156,7 +172,7 @@ class Keel:
         return checks
 
     async def _check_migrations(self) -> None:
-        state = await migration_state(self.db)
+        state = await migration_state(self.db, self.migration_locations)
         if not state.at_head:
             raise CheckFailed("migrations pending: run `keel db upgrade`")
 
@@ -253,7 +269,7 @@ def _connect_redis(url: str) -> Any:
 def create_app(
     config: Config | None = None,
     *,
-    modules: Sequence[KeelModule] = (),
+    modules: Sequence[KeelModule] | None = None,
     configure_logs: bool = True,
 ) -> FastAPI:
     """Keel's own server application: the kernel plus its landing page and API reference."""

@@ -177,15 +177,26 @@ async def _preflight(config: Config) -> None:
 
     db = Database(config)
     try:
-        await prepare(db, auto_migrate=config.should_auto_migrate)
+        await prepare(db, auto_migrate=config.should_auto_migrate, locations=_locations())
     finally:
         await db.dispose()
+
+
+def _locations() -> tuple[Path, ...]:
+    from keel.core.modules import discover_modules, migration_locations
+
+    try:
+        return migration_locations(discover_modules())
+    except KeelError as exc:
+        fail(exc.detail, hint=exc.hint)
 
 
 # --- keel db ---------------------------------------------------------------------------------
 @db_app.command("upgrade")
 def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    revision: Annotated[
+        str, typer.Argument(help="Target revision (default: every branch to its head).")
+    ] = "heads",
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -198,8 +209,9 @@ def db_upgrade(
     async def _go() -> tuple[tuple[str, ...], tuple[str, ...]]:
         db = Database(config)
         try:
-            before = (await migration_state(db)).current
-            after = (await upgrade(db, revision)).current
+            locations = _locations()
+            before = (await migration_state(db, locations)).current
+            after = (await upgrade(db, revision, locations)).current
             return before, after
         except KeelError:
             raise
@@ -232,7 +244,9 @@ def db_current(data_dir: DataDirOption = None, as_json: JsonOption = False) -> N
     async def _go() -> MigrationState:
         db = Database(config)
         try:
-            return await migration_state(db)
+            return await migration_state(db, _locations())
+        except KeelError:
+            raise
         except Exception as exc:
             raise StartupError(
                 f"cannot read the database at {db.display_url}: {first_line(exc)}",
@@ -299,4 +313,12 @@ def add_module_commands(commands: list[tuple[str, Callable[[], typer.Typer]]]) -
 
 def main() -> None:
     """Entry point of the `keel` console script."""
+    from keel.core.modules import discover_modules
+
+    try:
+        modules = discover_modules()
+    except KeelError as exc:
+        err.print(f"[bold red]keel: error:[/] {exc.detail}", highlight=False)
+        sys.exit(1)
+    add_module_commands([(m.name, m.cli) for m in modules if m.cli is not None])
     app()

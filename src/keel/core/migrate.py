@@ -6,6 +6,7 @@ Migrations run on a connection Keel opens itself, so the same code path serves `
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,10 +34,19 @@ __all__ = [
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def alembic_config() -> AlembicConfig:
-    """An Alembic configuration pointing at Keel's migrations (no ini file needed)."""
+Locations = tuple[Path, ...]
+"""Extra version directories, one per module that ships migrations (its own branch)."""
+
+
+def alembic_config(locations: Locations = ()) -> AlembicConfig:
+    """An Alembic configuration for Keel's migrations plus `locations` (no ini file)."""
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option(
+        "version_locations",
+        os.pathsep.join(str(path) for path in (MIGRATIONS_DIR / "versions", *locations)),
+    )
     config.set_main_option(
         "file_template",
         "%%(year)d-%%(month).2d-%%(day).2d-%%(hour).2d%%(minute).2d_%%(slug)s",
@@ -45,9 +55,40 @@ def alembic_config() -> AlembicConfig:
 
 
 @cache
-def head_revisions() -> tuple[str, ...]:
+def _script(locations: Locations) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(locations))
+
+
+def head_revisions(locations: Locations = ()) -> tuple[str, ...]:
     """The revisions the shipped migrations end at (read once per process)."""
-    return tuple(sorted(ScriptDirectory.from_config(alembic_config()).get_heads()))
+    return tuple(sorted(_script(locations).get_heads()))
+
+
+@cache
+def _lineage(locations: Locations) -> dict[str, frozenset[str]]:
+    """Each revision with everything it stands on: parents and `depends_on`, transitively.
+
+    Alembic records only the tips in its version table: a module branch that depends on a
+    Keel revision hides that revision behind its own.
+    """
+    script = _script(locations)
+    parents: dict[str, set[str]] = {}
+    for node in script.walk_revisions():
+        linked = set(node._all_down_revisions)  # parents and depends_on
+        parents[node.revision] = {script.get_revision(r).revision for r in linked}
+    lineage: dict[str, frozenset[str]] = {}
+
+    def resolve(revision: str) -> frozenset[str]:
+        if revision not in lineage:
+            found = {revision}
+            for parent in parents.get(revision, ()):
+                found |= resolve(parent)
+            lineage[revision] = frozenset(found)
+        return lineage[revision]
+
+    for revision in parents:
+        resolve(revision)
+    return lineage
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +97,12 @@ class MigrationState:
 
     current: tuple[str, ...]
     heads: tuple[str, ...]
+    applied: frozenset[str] = frozenset()
 
     @property
     def at_head(self) -> bool:
         """Whether every shipped migration is applied."""
-        return self.current == self.heads
+        return all(head in self.applied for head in self.heads)
 
     def describe(self) -> str:
         """One line for humans."""
@@ -87,14 +129,19 @@ async def current_revision(db: Database) -> tuple[str, ...]:
         return await connection.run_sync(_current)
 
 
-async def migration_state(db: Database) -> MigrationState:
+async def migration_state(db: Database, locations: Locations = ()) -> MigrationState:
     """The database's revision compared with the shipped heads."""
-    return MigrationState(current=await current_revision(db), heads=head_revisions())
+    current = await current_revision(db)
+    lineage = _lineage(locations)
+    applied = frozenset().union(*(lineage.get(rev, {rev}) for rev in current))
+    return MigrationState(current=current, heads=head_revisions(locations), applied=applied)
 
 
-async def upgrade(db: Database, revision: str = "head") -> MigrationState:
-    """Apply migrations up to `revision`, in one transaction where the dialect allows."""
-    config = alembic_config()
+async def upgrade(
+    db: Database, revision: str = "heads", locations: Locations = ()
+) -> MigrationState:
+    """Apply migrations up to `revision` (every branch by default), in one transaction."""
+    config = alembic_config(locations)
 
     def _run(connection: Connection) -> None:
         config.attributes["connection"] = connection
@@ -102,10 +149,10 @@ async def upgrade(db: Database, revision: str = "head") -> MigrationState:
 
     async with db.migration_transaction() as connection:
         await connection.run_sync(_run)
-    return await migration_state(db)
+    return await migration_state(db, locations)
 
 
-async def prepare(db: Database, *, auto_migrate: bool) -> MigrationState:
+async def prepare(db: Database, *, auto_migrate: bool, locations: Locations = ()) -> MigrationState:
     """Bring the schema to head (`auto_migrate`) or verify it is there; `StartupError` if not.
 
     The error is one line with a hint: the database is unreachable, or it needs
@@ -113,8 +160,8 @@ async def prepare(db: Database, *, auto_migrate: bool) -> MigrationState:
     """
     try:
         if auto_migrate:
-            return await upgrade(db)
-        state = await migration_state(db)
+            return await upgrade(db, locations=locations)
+        state = await migration_state(db, locations)
     except Exception as exc:
         raise StartupError(
             f"cannot use the database at {db.display_url}: {first_line(exc)}",

@@ -1,13 +1,16 @@
-"""How a Keel module plugs into the kernel: routers, middleware, CLI, checks and hooks.
+"""How a Keel module plugs into the kernel: routers, middleware, CLI, checks, hooks, migrations.
 
-Modules are declared once, at import, and the kernel assembles them in dependency order; a
-module never reaches into another module's registration.
+Keel's own modules are listed by the kernel in their dependency order (DESIGN.md); other
+packages add theirs through the `keel.modules` entry-point group. Middleware is placed by slot,
+whatever the module order. A module never reaches into another module's registration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
@@ -17,7 +20,16 @@ if TYPE_CHECKING:
 
     from keel.app import Keel
 
-__all__ = ["Hook", "KeelModule", "LandingLink", "MiddlewareSpec", "Slot"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Hook",
+    "KeelModule",
+    "LandingLink",
+    "MiddlewareSpec",
+    "Slot",
+    "discover_modules",
+    "migration_locations",
+]
 
 Hook = Callable[["Keel"], Awaitable[None]]
 """A startup or shutdown hook; receives the running kernel."""
@@ -67,3 +79,39 @@ class KeelModule:
     on_shutdown: Sequence[Hook] = ()
     cli: Callable[[], typer.Typer] | None = None
     landing_links: Sequence[LandingLink] = ()
+    migrations: Path | None = None
+    """A directory of Alembic revisions on the module's own branch (`branch_labels`)."""
+
+
+ENTRY_POINT_GROUP = "keel.modules"
+
+
+def discover_modules() -> list[KeelModule]:
+    """Modules other packages declare under the `keel.modules` entry-point group.
+
+    An entry point names a `KeelModule` or a callable returning one; they load by name order.
+    """
+    from keel.core.errors import StartupError
+
+    found: list[KeelModule] = []
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            target = entry.load()
+            module = target if isinstance(target, KeelModule) else target()
+        except Exception as exc:
+            raise StartupError(
+                f"the Keel module {entry.name!r} ({entry.value}) failed to load: {exc}",
+                hint="fix or uninstall the package that declares it",
+            ) from exc
+        if not isinstance(module, KeelModule):
+            raise StartupError(
+                f"the entry point {entry.name!r} ({entry.value}) is not a KeelModule",
+                hint="it must name a KeelModule or a function returning one",
+            )
+        found.append(module)
+    return found
+
+
+def migration_locations(modules: Sequence[KeelModule]) -> tuple[Path, ...]:
+    """The migration directories `modules` ship, in module order."""
+    return tuple(module.migrations for module in modules if module.migrations is not None)

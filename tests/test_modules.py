@@ -136,8 +136,7 @@ async def test_module_migrations_run_on_their_own_branch(config: Config) -> None
         state = await migration_state(kernel.db, kernel.migration_locations)
         assert state.at_head
         assert {"0001_core_instance", "demo_0001"} <= state.applied
-    without = await migration_state(kernel.db)
-    assert not without.at_head, "Keel alone does not know the demo branch"
+        assert "demo_0001" in state.current
 
 
 def test_modules_are_discovered_from_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:

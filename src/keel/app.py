@@ -66,6 +66,13 @@ def _core_module() -> KeelModule:
     )
 
 
+def builtin_modules() -> list[KeelModule]:
+    """Keel's own modules after the core, in dependency order (DESIGN.md)."""
+    from keel.identity.module import identity_module
+
+    return [identity_module()]
+
+
 class Keel:
     """One running kernel: configuration, database, metrics and the modules plugged in."""
 
@@ -78,7 +85,7 @@ class Keel:
         self.metrics_registry = new_registry()
         self.http_metrics = HttpMetrics(self.metrics_registry)
         extra = discover_modules() if modules is None else modules
-        self.modules: tuple[KeelModule, ...] = (_core_module(), *extra)
+        self.modules: tuple[KeelModule, ...] = (_core_module(), *builtin_modules(), *extra)
         self.migration_locations = migration_locations(self.modules)
         self.started_at = time.monotonic()
         self.instance_id: str | None = None

@@ -7,25 +7,30 @@ the problem (and a hint) on stderr and exits non-zero; never a stack trace for a
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from keel._version import __version__
+from keel.core.clitools import (
+    DataDirOption,
+    JsonOption,
+    err,
+    fail,
+    load_config,
+    out,
+    print_json,
+    run,
+)
 from keel.core.config import Config
 from keel.core.errors import KeelError, StartupError
 
 __all__ = ["app", "main"]
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="keel",
@@ -39,51 +44,6 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
-
-out = Console()
-err = Console(stderr=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Directory for SQLite and local state [env: KEEL_DATA_DIR]."),
-]
-
-
-def fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
-    """Print `keel: error: message` (and a hint) on stderr and exit with `code`."""
-    err.print(f"[bold red]keel: error:[/] {message}", highlight=False, soft_wrap=True)
-    if hint:
-        err.print(f"  [dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def load_config(**overrides: Any) -> Config:
-    """The configuration from environment and `keel.toml`, with command-line overrides."""
-    try:
-        return Config(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "configuration"
-        message = first["msg"].removeprefix("Value error, ")
-        fail(
-            f"invalid configuration: {field}: {message}",
-            hint=f"check KEEL_{field.upper()} (or `{field}` in keel.toml)",
-            code=2,
-        )
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run `coroutine`, turning Keel errors into one-line failures."""
-    try:
-        return asyncio.run(coroutine)
-    except KeelError as exc:
-        fail(exc.detail, hint=exc.hint)
-
-
-def print_json(data: Any) -> None:
-    """Write `data` as indented JSON to stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 # --- keel version ----------------------------------------------------------------------------
@@ -313,12 +273,13 @@ def add_module_commands(commands: list[tuple[str, Callable[[], typer.Typer]]]) -
 
 def main() -> None:
     """Entry point of the `keel` console script."""
+    from keel.app import builtin_modules
     from keel.core.modules import discover_modules
 
     try:
-        modules = discover_modules()
+        modules = [*builtin_modules(), *discover_modules()]
     except KeelError as exc:
         err.print(f"[bold red]keel: error:[/] {exc.detail}", highlight=False)
         sys.exit(1)
-    add_module_commands([(m.name, m.cli) for m in modules if m.cli is not None])
+    add_module_commands([(m.cli_name or m.name, m.cli) for m in modules if m.cli is not None])
     app()

@@ -78,6 +78,8 @@ class KeelModule:
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     cli: Callable[[], typer.Typer] | None = None
+    cli_name: str | None = None
+    """The command group's name (`keel <cli_name> …`); default: the module's name."""
     landing_links: Sequence[LandingLink] = ()
     migrations: Path | None = None
     """A directory of Alembic revisions on the module's own branch (`branch_labels`)."""

@@ -1,0 +1,29 @@
+"""Identity: users and passwords (sessions, tokens, keys, roles and tenants follow)."""
+
+from keel.identity.models import User, UserStatus
+from keel.identity.module import identity_module
+from keel.identity.passwords import PasswordRejected, check_policy, hash_password, verify_password
+from keel.identity.service import (
+    authenticate,
+    create_user,
+    disable_user,
+    get_user_by_email,
+    list_users,
+    normalize_email,
+)
+
+__all__ = [
+    "PasswordRejected",
+    "User",
+    "UserStatus",
+    "authenticate",
+    "check_policy",
+    "create_user",
+    "disable_user",
+    "get_user_by_email",
+    "hash_password",
+    "identity_module",
+    "list_users",
+    "normalize_email",
+    "verify_password",
+]

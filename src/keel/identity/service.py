@@ -1,0 +1,138 @@
+"""User accounts: create, find, list, disable, and check a password.
+
+Every function takes the session first and changes nothing outside it: the caller's
+transaction decides whether the change happens (and, once the audit module exists, its event
+is written in that same transaction).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.ids import new_id
+from keel.identity.models import User, UserStatus
+from keel.identity.passwords import check_policy, hash_password, verify_password
+
+__all__ = [
+    "authenticate",
+    "create_user",
+    "disable_user",
+    "get_user_by_email",
+    "list_users",
+    "normalize_email",
+]
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def normalize_email(email: str) -> str:
+    """The stored form of an email (trimmed, lower-case); `ValidationFailed` if malformed."""
+    value = email.strip().lower()
+    if len(value) > 320 or _EMAIL.fullmatch(value) is None:
+        raise ValidationFailed(
+            f"{email.strip()!r} is not an email address.",
+            errors=[
+                {
+                    "location": "body",
+                    "pointer": "/email",
+                    "detail": "not an email address",
+                    "code": "email",
+                }
+            ],
+        )
+    return value
+
+
+async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
+    """The user with this email (any case), or None."""
+    return await session.scalar(select(User).where(User.email == normalize_email(email)))
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    email: str,
+    password: str | None,
+    display_name: str | None = None,
+) -> User:
+    """A new active user. The password must pass the policy; it is stored only as a hash."""
+    address = normalize_email(email)
+    if password is not None:
+        check_policy(password, email=address)
+    if await session.scalar(select(User.id).where(User.email == address)) is not None:
+        raise Conflict(f"a user with email {address} already exists")
+    now = datetime.now(UTC)
+    user = User(
+        id=new_id(),
+        email=address,
+        display_name=(display_name or address.split("@", 1)[0]).strip()[:200],
+        status=UserStatus.ACTIVE,
+        password_hash=await hash_password(password) if password is not None else None,
+        created_at=now,
+        updated_at=now,
+        password_changed_at=now if password is not None else None,
+    )
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(f"a user with email {address} already exists") from None
+    return user
+
+
+async def list_users(
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> Sequence[User]:
+    """Users in creation order (ids are time-ordered), `limit` at a time after id `after`."""
+    query = select(User).order_by(User.id).limit(max(1, min(limit, 1000)))
+    if status is not None:
+        if status not in UserStatus.ALL:
+            raise ValidationFailed(f"status must be one of {', '.join(UserStatus.ALL)}")
+        query = query.where(User.status == status)
+    if after is not None:
+        query = query.where(User.id > after)
+    return (await session.scalars(query)).all()
+
+
+async def disable_user(session: AsyncSession, email: str) -> User:
+    """Disable the user: it can no longer sign in. Disabling twice is not an error."""
+    user = await get_user_by_email(session, email)
+    if user is None:
+        raise NotFound(f"no user with email {normalize_email(email)}")
+    if user.status != UserStatus.DISABLED:
+        user.status = UserStatus.DISABLED
+        user.updated_at = datetime.now(UTC)
+    return user
+
+
+async def authenticate(session: AsyncSession, *, email: str, password: str) -> User | None:
+    """The active user these credentials belong to, or None. Upgrades legacy hashes.
+
+    Unknown emails, disabled users and wrong passwords all take one hash verification and
+    all return None, so neither the answer nor its timing tells them apart.
+    """
+    try:
+        user = await get_user_by_email(session, email)
+    except ValidationFailed:
+        user = None
+    stored = user.password_hash if user is not None else None
+    verification = await verify_password(password, stored)
+    if user is None or not verification.ok or user.status != UserStatus.ACTIVE:
+        return None
+    now = datetime.now(UTC)
+    if verification.new_hash is not None:
+        user.password_hash = verification.new_hash
+        user.updated_at = now
+    user.last_login_at = now
+    return user

@@ -18,7 +18,9 @@ def test_top_level_exports() -> None:
     assert sorted(keel.__all__) == sorted(EXPECTED["keel"])
 
 
-@pytest.mark.parametrize("name", ["keel.core", "keel.observability", "keel.protection"])
+@pytest.mark.parametrize(
+    "name", ["keel.core", "keel.observability", "keel.protection", "keel.identity"]
+)
 def test_every_exported_name_exists(name: str) -> None:
     """Each module's `__all__` names only things that exist."""
     module = importlib.import_module(name)

@@ -24,6 +24,7 @@ from keel.core.config import Config
 from keel.core.database import Database
 from keel.core.errors import ErrorsMiddleware, StartupError, install_exception_handlers
 from keel.core.ids import new_id
+from keel.core.keyring import Keyring, load_master_key
 from keel.core.migrate import migration_state, prepare
 from keel.core.models import Instance
 from keel.core.modules import (
@@ -91,6 +92,7 @@ class Keel:
         self.instance_id: str | None = None
         self.redis: Any = None
         self.running = False
+        self._keyring: Keyring | None = None
         self._kernel_routes: list[Any] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -163,6 +165,14 @@ class Keel:
             except IntegrityError:
                 continue  # another process created it first: read theirs
         raise StartupError("could not create the instance record", hint="run `keel doctor`")
+
+    async def keyring(self) -> Keyring:
+        """The keyring, loaded on first use (creating the master key file on SQLite)."""
+        if self._keyring is None:
+            keyring = Keyring(load_master_key(self.config))
+            await keyring.load(self.db)
+            self._keyring = keyring
+        return self._keyring
 
     # --- readiness -------------------------------------------------------------------------
     def readiness_checks(self) -> dict[str, ReadinessCheck]:

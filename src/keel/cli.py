@@ -245,6 +245,38 @@ def config_show(data_dir: DataDirOption = None, as_json: JsonOption = False) -> 
     out.print(table)
 
 
+# --- keel keys -------------------------------------------------------------------------------
+keys_app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """Make a new data key current. Data sealed with older keys stays readable."""
+    from keel.core.database import Database
+    from keel.core.keyring import Keyring, load_master_key
+    from keel.core.migrate import prepare
+
+    config = load_config(data_dir=data_dir)
+
+    async def _go() -> tuple[str, int]:
+        db = Database(config)
+        try:
+            await prepare(db, auto_migrate=config.should_auto_migrate, locations=_locations())
+            keyring = Keyring(load_master_key(config))
+            await keyring.load(db)
+            key_id = await keyring.rotate(db)
+            return key_id, len(keyring.key_ids)
+        finally:
+            await db.dispose()
+
+    key_id, known = run(_go())
+    if as_json:
+        print_json({"current": key_id, "keys": known})
+    else:
+        out.print(f"New data key {key_id} is current ({known} keys in the keyring).")
+
+
 # --- keel doctor -----------------------------------------------------------------------------
 @app.command()
 def doctor(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:

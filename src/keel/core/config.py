@@ -182,8 +182,8 @@ class Config(BaseSettings):
     master_key: SecretStr | None = Field(
         default=None,
         description=(
-            "Master key wrapping data keys (used by the keyring that identity and backups "
-            "bring; until then unused). Never logged or shown."
+            "Master key (32 bytes, base64url) wrapping the data keys. Empty: "
+            "`<data_dir>/master.key`, created 0600 on SQLite; required on PostgreSQL."
         ),
     )
 

@@ -1,0 +1,197 @@
+"""Encryption at rest: a master key wraps data keys; every ciphertext names its key.
+
+The master key comes from `KEEL_MASTER_KEY` or `<data_dir>/master.key` (created 0600 on first
+use with SQLite; a shared PostgreSQL deployment must set it explicitly, so every host has the
+same one). Data keys live in the database wrapped by the master key; `rotate()` makes a new
+one current while older ciphertexts keep decrypting. AES-256-GCM throughout: a flipped byte,
+a wrong key or a ciphertext moved to another context (associated data) fails to decrypt.
+This module must never log or return a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import DateTime, LargeBinary, String, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keel.core.config import Config
+from keel.core.database import Base, Database
+from keel.core.errors import KeelError, StartupError
+
+__all__ = ["DataKey", "DecryptionFailed", "Keyring", "load_master_key"]
+
+_FORMAT = b"\x01"  # ciphertext layout version
+_NONCE = 12
+_MASTER_AAD = b"keel:data-key"
+
+
+class DecryptionFailed(KeelError):
+    """The data could not be decrypted: it was altered, or its key is unknown."""
+
+    slug = "decryption-failed"
+    title = "Decryption Failed"
+
+
+class DataKey(Base):
+    """A data-encryption key, stored wrapped by the master key."""
+
+    __tablename__ = "keel_data_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+def _decode_master(text: str, source: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise StartupError(
+            f"the master key in {source} is not 32 bytes of base64",
+            hint="generate one with: python -c 'import secrets,base64;"
+            "print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())'",
+        )
+    return key
+
+
+def load_master_key(config: Config) -> bytes:
+    """The master key: from the configuration, else the data directory's key file.
+
+    On SQLite a missing file is created (0600). On PostgreSQL it is not: hosts sharing the
+    database must share the key, so it has to be provided.
+    """
+    if config.master_key is not None:
+        return _decode_master(config.master_key.get_secret_value(), "KEEL_MASTER_KEY")
+    path = Path(config.data_dir) / "master.key"
+    if path.exists():
+        return _decode_master(path.read_text(encoding="ascii"), str(path))
+    if config.dialect != "sqlite":
+        raise StartupError(
+            "no master key: KEEL_MASTER_KEY is not set",
+            hint="set KEEL_MASTER_KEY to the same value on every host (keep a copy offline)",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_bytes(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+        handle.write(base64.urlsafe_b64encode(key).decode() + "\n")
+    return key
+
+
+class Keyring:
+    """Encrypts with the current data key; decrypts with whichever key a ciphertext names."""
+
+    def __init__(self, master_key: bytes) -> None:
+        self._master = AESGCM(master_key)
+        self._keys: dict[str, AESGCM] = {}
+        self._current: str | None = None
+
+    # --- key management --------------------------------------------------------------------
+    async def load(self, db: Database) -> None:
+        """Read (and unwrap) every data key; create the first one if there is none.
+
+        Call it again to pick up a key another process rotated in (`key_ids` tells which
+        keys this process knows).
+        """
+        async with db.session() as session:
+            rows = (await session.scalars(select(DataKey).order_by(DataKey.id))).all()
+        if not rows:
+            await self.rotate(db)
+            return
+        self._keys = {row.id: self._unwrap(row) for row in rows}
+        active = [row.id for row in rows if row.retired_at is None]
+        self._current = active[-1] if active else None
+        if self._current is None:
+            await self.rotate(db)
+
+    async def rotate(self, db: Database) -> str:
+        """Make a new data key current; older ones stay for decryption. Returns its id."""
+        key_id = f"k{datetime.now(UTC):%Y%m%d}{secrets.token_hex(4)}"
+        raw = AESGCM.generate_key(bit_length=256)
+        nonce = os.urandom(_NONCE)
+        wrapped = nonce + self._master.encrypt(nonce, raw, _MASTER_AAD + key_id.encode())
+        async with db.transaction() as session:
+            await _retire_all(session)
+            session.add(DataKey(id=key_id, wrapped=wrapped, created_at=datetime.now(UTC)))
+        self._keys[key_id] = AESGCM(raw)
+        self._current = key_id
+        return key_id
+
+    def _unwrap(self, row: DataKey) -> AESGCM:
+        nonce, sealed = row.wrapped[:_NONCE], row.wrapped[_NONCE:]
+        try:
+            raw = self._master.decrypt(nonce, sealed, _MASTER_AAD + row.id.encode())
+        except InvalidTag:
+            raise StartupError(
+                f"data key {row.id} cannot be unwrapped: the master key is not the one it was "
+                "made with",
+                hint="restore the original KEEL_MASTER_KEY (or <data_dir>/master.key)",
+            ) from None
+        return AESGCM(raw)
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """Every data key this keyring can decrypt with."""
+        return frozenset(self._keys)
+
+    @property
+    def current_key_id(self) -> str:
+        """The id new ciphertexts are made with."""
+        if self._current is None:
+            raise RuntimeError("Keyring.load() has not run")
+        return self._current
+
+    # --- data --------------------------------------------------------------------------------
+    def encrypt(self, plaintext: bytes, *, context: bytes = b"") -> bytes:
+        """Seal `plaintext` with the current key, bound to `context` (e.g. table and row id)."""
+        key_id = self.current_key_id.encode()
+        nonce = os.urandom(_NONCE)
+        sealed = self._keys[self.current_key_id].encrypt(nonce, plaintext, key_id + context)
+        return _FORMAT + bytes([len(key_id)]) + key_id + nonce + sealed
+
+    def decrypt(self, ciphertext: bytes, *, context: bytes = b"") -> bytes:
+        """Open a ciphertext made by `encrypt` with the same `context`."""
+        try:
+            if ciphertext[:1] != _FORMAT:
+                raise DecryptionFailed("Unknown ciphertext format.")
+            length = ciphertext[1]
+            key_id = ciphertext[2 : 2 + length]
+            nonce = ciphertext[2 + length : 2 + length + _NONCE]
+            sealed = ciphertext[2 + length + _NONCE :]
+            key = self._keys.get(key_id.decode("ascii"))
+            if key is None:
+                raise DecryptionFailed(f"Unknown key {key_id.decode('ascii', 'replace')!r}.")
+            return key.decrypt(nonce, sealed, key_id + context)
+        except DecryptionFailed:
+            raise
+        except (InvalidTag, IndexError, UnicodeDecodeError, ValueError):
+            raise DecryptionFailed() from None
+
+    async def open(self, db: Database, ciphertext: bytes, *, context: bytes = b"") -> bytes:
+        """`decrypt`, reloading the keys once if the ciphertext names a key made elsewhere
+        (another process rotated since this one loaded)."""
+        try:
+            return self.decrypt(ciphertext, context=context)
+        except DecryptionFailed as exc:
+            if not str(exc.detail).startswith("Unknown key"):
+                raise
+        await self.load(db)
+        return self.decrypt(ciphertext, context=context)
+
+
+async def _retire_all(session: AsyncSession) -> None:
+    await session.execute(
+        update(DataKey).where(DataKey.retired_at.is_(None)).values(retired_at=datetime.now(UTC))
+    )

@@ -84,3 +84,10 @@ def test_password_is_never_an_argument() -> None:
     result = runner.invoke(app, ["user", "create", "--help"])
     assert "--password-stdin" in result.output
     assert "--password " not in result.output.replace("--password-stdin", "")
+
+
+def test_unlock_command() -> None:
+    """`keel user unlock` reports whether there was a lock to lift."""
+    result = runner.invoke(app, ["user", "unlock", "ada@example.com", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"email": "ada@example.com", "was_locked": False}

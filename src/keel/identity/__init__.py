@@ -11,8 +11,19 @@ from keel.identity.service import (
     list_users,
     normalize_email,
 )
+from keel.identity.throttle import (
+    LoginFailed,
+    LoginPolicy,
+    LoginThrottled,
+    lock_state,
+    login,
+    unlock,
+)
 
 __all__ = [
+    "LoginFailed",
+    "LoginPolicy",
+    "LoginThrottled",
     "PasswordRejected",
     "User",
     "UserStatus",
@@ -24,6 +35,9 @@ __all__ = [
     "hash_password",
     "identity_module",
     "list_users",
+    "lock_state",
+    "login",
     "normalize_email",
+    "unlock",
     "verify_password",
 ]

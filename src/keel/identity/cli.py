@@ -29,6 +29,7 @@ from keel.core.migrate import prepare
 from keel.identity.models import User
 from keel.identity.passwords import PasswordRejected, check_policy
 from keel.identity.service import create_user, disable_user, list_users
+from keel.identity.throttle import unlock
 
 __all__ = ["user_cli"]
 
@@ -164,5 +165,28 @@ def user_cli() -> typer.Typer:
             print_json(data)
         else:
             out.print(f"Disabled {data['email']}.", highlight=False)
+
+    @group.command("unlock")
+    def unlock_(
+        email: Annotated[str, typer.Argument(help="Email of the locked-out user.")],
+        data_dir: DataDirOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        """Lift a login lockout now instead of waiting for it to expire."""
+        config = load_config(data_dir=data_dir)
+
+        async def work(session: AsyncSession) -> bool:
+            return await unlock(session, email)
+
+        was_locked = run(_in_transaction(config, work))
+        if as_json:
+            print_json({"email": email.strip().lower(), "was_locked": was_locked})
+        else:
+            out.print(
+                f"Unlocked {email.strip().lower()}."
+                if was_locked
+                else f"{email.strip().lower()} was not locked.",
+                highlight=False,
+            )
 
     return group

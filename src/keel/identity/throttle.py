@@ -1,0 +1,253 @@
+"""Login throttling and lockout, per account and per client address.
+
+An attempt is counted *before* its password is checked, so a burst of parallel guesses cannot
+get more tries than the limit allows; a success clears the account's count. Unknown emails are
+counted and locked exactly like real ones, so the answers never reveal which accounts exist.
+Every attempt is recorded (the audit trail will chain these records once it exists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Boolean, DateTime, Integer, String, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keel.core.database import Base, Database
+from keel.core.errors import KeelError, Unauthenticated, ValidationFailed
+from keel.core.ids import new_id
+from keel.identity.models import User, UserStatus
+from keel.identity.passwords import verify_password
+from keel.identity.service import normalize_email
+
+__all__ = [
+    "LoginAttempt",
+    "LoginFailed",
+    "LoginPolicy",
+    "LoginThrottle",
+    "LoginThrottled",
+    "lock_state",
+    "login",
+    "unlock",
+]
+
+
+class LoginFailed(Unauthenticated):
+    """The email or password is wrong."""
+
+    slug = "login-failed"
+    title = "Login Failed"
+
+
+class LoginThrottled(KeelError):
+    """Too many failed logins; try again later."""
+
+    status = 429
+    slug = "login-throttled"
+    title = "Too Many Login Attempts"
+
+
+class LoginThrottle(Base):
+    """Consecutive failures and lock state of one account email or one client address."""
+
+    __tablename__ = "keel_login_throttle"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoginAttempt(Base):
+    """One login attempt, successful or not."""
+
+    __tablename__ = "keel_login_attempts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    client_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    outcome: Mapped[str] = mapped_column(String(16))
+    succeeded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoginPolicy:
+    """How many failures lock what, and for how long."""
+
+    account_failures: int = 5
+    """Failures in a row after which an account is locked."""
+    base_lock: timedelta = timedelta(minutes=1)
+    """First lock; each further failure doubles it..."""
+    max_lock: timedelta = timedelta(hours=1)
+    """...up to this."""
+    address_failures: int = 30
+    """Failures from one client address (any accounts) within `address_window` that lock it."""
+    address_window: timedelta = timedelta(minutes=10)
+
+    def lock_for(self, failures: int) -> timedelta:
+        """The lock after `failures` failures in a row."""
+        over = max(0, failures - self.account_failures)
+        return min(self.base_lock * (1 << min(over, 20)), self.max_lock)
+
+
+async def _row(session: AsyncSession, key: str, now: datetime) -> LoginThrottle:
+    """The throttle row for `key`, created if absent, locked for this transaction."""
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(LoginThrottle)
+        .values(key=key, failures=0, locked_until=None, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    query = select(LoginThrottle).where(LoginThrottle.key == key)
+    if dialect == "postgresql":
+        query = query.with_for_update()
+    row = await session.scalar(query.execution_options(populate_existing=True))
+    assert row is not None
+    return row
+
+
+def _retry_after(until: datetime, now: datetime) -> str:
+    return str(max(1, int((until - now).total_seconds() + 0.999)))
+
+
+async def login(
+    db: Database,
+    *,
+    email: str,
+    password: str,
+    client_ip: str | None,
+    policy: LoginPolicy | None = None,
+    now: datetime | None = None,
+) -> User:
+    """The active user for these credentials; `LoginFailed` (401) or `LoginThrottled` (429).
+
+    Three short transactions: count the attempt (refusing it when locked), check the password
+    with no transaction open (hashing is slow), then record the outcome.
+    """
+    policy = policy or LoginPolicy()
+    now = now or datetime.now(UTC)
+    try:
+        address = normalize_email(email)
+    except ValidationFailed:
+        address = email.strip().lower()[:320]
+    account_key, ip_key = f"email:{address}", f"ip:{client_ip}" if client_ip else None
+
+    async with db.transaction() as session:
+        account = await _row(session, account_key, now)
+        network = await _row(session, ip_key, now) if ip_key else None
+        if network is not None and now - _aware(network.updated_at) > policy.address_window:
+            network.failures, network.locked_until = 0, None
+        locked = [
+            _aware(row.locked_until)
+            for row in (account, network)
+            if row is not None and row.locked_until is not None and _aware(row.locked_until) > now
+        ]
+        if locked:
+            session.add(
+                _attempt(
+                    now=now, email=address, user_id=None, client_ip=client_ip, outcome="throttled"
+                )
+            )
+            refused_until = max(locked)
+        else:
+            refused_until = None
+            account.failures += 1
+            account.updated_at = now
+            if account.failures >= policy.account_failures:
+                account.locked_until = now + policy.lock_for(account.failures)
+            if network is not None:
+                network.failures += 1
+                network.updated_at = now
+                if network.failures >= policy.address_failures:
+                    network.locked_until = now + policy.address_window
+            user = await session.scalar(select(User).where(User.email == address))
+            user_id = user.id if user is not None else None
+            stored = user.password_hash if user is not None else None
+            active = user is not None and user.status == UserStatus.ACTIVE
+    if refused_until is not None:
+        raise LoginThrottled(headers={"Retry-After": _retry_after(refused_until, now)})
+
+    verification = await verify_password(password, stored)
+    succeeded = verification.ok and active
+
+    async with db.transaction() as session:
+        outcome = "success" if succeeded else "failed"
+        session.add(
+            _attempt(
+                now=now,
+                email=address,
+                user_id=user_id,
+                client_ip=client_ip,
+                outcome=outcome,
+                succeeded=succeeded,
+            )
+        )
+        if succeeded:
+            await session.execute(
+                update(LoginThrottle)
+                .where(LoginThrottle.key == account_key)
+                .values(failures=0, locked_until=None, updated_at=now)
+            )
+            user = await session.get(User, user_id)
+            assert user is not None
+            if verification.new_hash is not None:
+                user.password_hash = verification.new_hash
+            user.last_login_at = now
+            user.updated_at = now
+    if not succeeded:
+        raise LoginFailed("The email or password is wrong.")
+    assert user is not None
+    return user
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything Keel stores is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _attempt(
+    *,
+    now: datetime,
+    email: str,
+    user_id: str | None,
+    client_ip: str | None,
+    outcome: str,
+    succeeded: bool = False,
+) -> LoginAttempt:
+    return LoginAttempt(
+        id=new_id(),
+        at=now,
+        email=email,
+        user_id=user_id,
+        client_ip=client_ip,
+        outcome=outcome,
+        succeeded=succeeded,
+    )
+
+
+async def unlock(session: AsyncSession, email: str) -> bool:
+    """Clear an account's failures and lock (an admin action). True if it was locked."""
+    key = f"email:{normalize_email(email)}"
+    row = await session.get(LoginThrottle, key)
+    if row is None:
+        return False
+    was_locked = row.locked_until is not None
+    row.failures, row.locked_until = 0, None
+    return was_locked
+
+
+async def lock_state(
+    session: AsyncSession, email: str, *, now: datetime | None = None
+) -> datetime | None:
+    """Until when the account is locked, or None."""
+    now = now or datetime.now(UTC)
+    row = await session.get(LoginThrottle, f"email:{normalize_email(email)}")
+    if row is None or row.locked_until is None or _aware(row.locked_until) <= now:
+        return None
+    return _aware(row.locked_until)

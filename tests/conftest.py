@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 
 from keel import Config, Keel, create_app, install
+from keel.core.database import Database
 from keel.core.errors import NotFound
+from keel.core.migrate import upgrade
 from keel.observability.logging import configure_logging
 
 POSTGRES_URL = os.environ.get(
@@ -159,6 +161,15 @@ def client_for(app: FastAPI) -> httpx.AsyncClient:
         transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 50000)),
         base_url="http://127.0.0.1:8000",
     )
+
+
+@pytest.fixture
+async def migrated_db(config: Config) -> AsyncIterator[Database]:
+    """The test's database, migrated to head, disposed afterwards."""
+    database = Database(config)
+    await upgrade(database)
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture

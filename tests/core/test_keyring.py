@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,9 @@ def new_master() -> str:
 
 
 @pytest.fixture
-async def db(config: Config) -> AsyncIterator[Database]:
+def db(migrated_db: Database) -> Database:
     """A migrated database."""
-    database = Database(config)
-    await upgrade(database)
-    yield database
-    await database.dispose()
+    return migrated_db
 
 
 async def loaded(db: Database, master: str) -> Keyring:

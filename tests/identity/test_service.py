@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import bcrypt
 import pytest
@@ -28,12 +27,9 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
-async def db(config: Config) -> AsyncIterator[Database]:
+def db(migrated_db: Database) -> Database:
     """A migrated database."""
-    database = Database(config)
-    await upgrade(database)
-    yield database
-    await database.dispose()
+    return migrated_db
 
 
 async def count_users(db: Database) -> int:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from keel import Config
 from keel.core.database import Database
-from keel.core.migrate import upgrade
 from keel.identity import create_user, disable_user
 from keel.identity import throttle as throttle_module
 from keel.identity.throttle import (
@@ -31,14 +28,11 @@ POLICY = LoginPolicy(account_failures=3, base_lock=timedelta(minutes=1), address
 
 
 @pytest.fixture
-async def db(config: Config) -> AsyncIterator[Database]:
+async def db(migrated_db: Database) -> Database:
     """A migrated database with one user, ada@example.com."""
-    database = Database(config)
-    await upgrade(database)
-    async with database.transaction() as session:
+    async with migrated_db.transaction() as session:
         await create_user(session, email="ada@example.com", password=PASSWORD)
-    yield database
-    await database.dispose()
+    return migrated_db
 
 
 async def attempt(db: Database, password: str, *, at: datetime = T0, **kw: Any) -> str:

@@ -16,11 +16,11 @@ from keel.identity import (
     PasswordRejected,
     User,
     UserStatus,
-    authenticate,
     create_user,
     disable_user,
     get_user_by_email,
     list_users,
+    login,
 )
 
 PASSWORD = "correct horse battery staple"
@@ -100,30 +100,13 @@ async def test_weak_password_is_refused_and_nothing_stored(db: Database) -> None
     assert await count_users(db) == 0
 
 
-async def test_authenticate(db: Database) -> None:
-    """Right password → the user (last login set); wrong password, unknown email, malformed
-    email or disabled user → None."""
-    async with db.transaction() as session:
-        await create_user(session, email="ada@example.com", password=PASSWORD)
-    async with db.transaction() as session:
-        user = await authenticate(session, email="Ada@example.com", password=PASSWORD)
-        assert user is not None and user.last_login_at is not None
-        assert await authenticate(session, email="ada@example.com", password="wrong" * 4) is None
-        assert await authenticate(session, email="nobody@example.com", password=PASSWORD) is None
-        assert await authenticate(session, email="not an email", password=PASSWORD) is None
-    async with db.transaction() as session:
-        await disable_user(session, "ada@example.com")
-    async with db.transaction() as session:
-        assert await authenticate(session, email="ada@example.com", password=PASSWORD) is None
-
-
 async def test_imported_bcrypt_user_is_rehashed_on_login(db: Database) -> None:
     """A user migrated with a bcrypt hash signs in, and the stored hash becomes argon2id."""
     async with db.transaction() as session:
         user = await create_user(session, email="old@example.com", password=None)
         user.password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
-    async with db.transaction() as session:
-        assert await authenticate(session, email="old@example.com", password=PASSWORD)
+    signed_in = await login(db, email="old@example.com", password=PASSWORD, client_ip=None)
+    assert signed_in.last_login_at is not None
     async with db.session() as session:
         stored = await get_user_by_email(session, "old@example.com")
     assert stored is not None and stored.password_hash is not None

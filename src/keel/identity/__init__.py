@@ -4,7 +4,6 @@ from keel.identity.models import User, UserStatus
 from keel.identity.module import identity_module
 from keel.identity.passwords import PasswordRejected, check_policy, hash_password, verify_password
 from keel.identity.service import (
-    authenticate,
     create_user,
     disable_user,
     get_user_by_email,
@@ -27,7 +26,6 @@ __all__ = [
     "PasswordRejected",
     "User",
     "UserStatus",
-    "authenticate",
     "check_policy",
     "create_user",
     "disable_user",

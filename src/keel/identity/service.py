@@ -1,4 +1,4 @@
-"""User accounts: create, find, list, disable, and check a password.
+"""User accounts: create, find, list, disable. Signing in goes through `throttle.login`.
 
 Every function takes the session first and changes nothing outside it: the caller's
 transaction decides whether the change happens (and, once the audit module exists, its event
@@ -18,10 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.ids import new_id
 from keel.identity.models import User, UserStatus
-from keel.identity.passwords import check_policy, hash_password, verify_password
+from keel.identity.passwords import check_policy, hash_password
 
 __all__ = [
-    "authenticate",
     "create_user",
     "disable_user",
     "get_user_by_email",
@@ -113,26 +112,4 @@ async def disable_user(session: AsyncSession, email: str) -> User:
     if user.status != UserStatus.DISABLED:
         user.status = UserStatus.DISABLED
         user.updated_at = datetime.now(UTC)
-    return user
-
-
-async def authenticate(session: AsyncSession, *, email: str, password: str) -> User | None:
-    """The active user these credentials belong to, or None. Upgrades legacy hashes.
-
-    Unknown emails, disabled users and wrong passwords all take one hash verification and
-    all return None, so neither the answer nor its timing tells them apart.
-    """
-    try:
-        user = await get_user_by_email(session, email)
-    except ValidationFailed:
-        user = None
-    stored = user.password_hash if user is not None else None
-    verification = await verify_password(password, stored)
-    if user is None or not verification.ok or user.status != UserStatus.ACTIVE:
-        return None
-    now = datetime.now(UTC)
-    if verification.new_hash is not None:
-        user.password_hash = verification.new_hash
-        user.updated_at = now
-    user.last_login_at = now
     return user

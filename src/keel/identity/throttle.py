@@ -231,10 +231,13 @@ def _attempt(
     )
 
 
+def _account_key(email: str) -> str:
+    return f"email:{normalize_email(email)}"
+
+
 async def unlock(session: AsyncSession, email: str) -> bool:
     """Clear an account's failures and lock (an admin action). True if it was locked."""
-    key = f"email:{normalize_email(email)}"
-    row = await session.get(LoginThrottle, key)
+    row = await session.get(LoginThrottle, _account_key(email))
     if row is None:
         return False
     was_locked = row.locked_until is not None
@@ -247,7 +250,7 @@ async def lock_state(
 ) -> datetime | None:
     """Until when the account is locked, or None."""
     now = now or datetime.now(UTC)
-    row = await session.get(LoginThrottle, f"email:{normalize_email(email)}")
+    row = await session.get(LoginThrottle, _account_key(email))
     if row is None or row.locked_until is None or _aware(row.locked_until) <= now:
         return None
     return _aware(row.locked_until)

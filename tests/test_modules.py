@@ -99,6 +99,8 @@ def test_middleware_order_follows_slots(config: Config) -> None:
         "GuardMiddleware",
         "ErrorsMiddleware",
         "MetricsMiddleware",
+        "IdentityMiddleware",
+        "CsrfMiddleware",
         "StampMiddleware",
     ]
 

@@ -157,6 +157,14 @@ class Config(BaseSettings):
         default=32, ge=2, le=1000, description="Deepest JSON nesting accepted (400 beyond)."
     )
 
+    # --- sessions --------------------------------------------------------------------------
+    session_idle_minutes: int = Field(
+        default=120, ge=1, le=10080, description="A browser session ends after this much quiet."
+    )
+    session_max_hours: int = Field(
+        default=24, ge=1, le=8760, description="A browser session ends this long after login."
+    )
+
     # --- observability ---------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."

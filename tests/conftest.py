@@ -163,6 +163,18 @@ def client_for(app: FastAPI) -> httpx.AsyncClient:
     )
 
 
+_HASHES: dict[str, str] = {}
+
+
+async def hashed(password: str) -> str:
+    """An argon2id hash of `password`, computed once per test run (hashing is slow)."""
+    if password not in _HASHES:
+        from keel.identity.passwords import hash_password
+
+        _HASHES[password] = await hash_password(password)
+    return _HASHES[password]
+
+
 @pytest.fixture
 async def migrated_db(config: Config) -> AsyncIterator[Database]:
     """The test's database, migrated to head, disposed afterwards."""

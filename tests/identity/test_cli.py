@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -86,8 +88,30 @@ def test_password_is_never_an_argument() -> None:
     assert "--password " not in result.output.replace("--password-stdin", "")
 
 
-def test_unlock_command() -> None:
-    """`keel user unlock` reports whether there was a lock to lift."""
+def test_unlock_command(database_url: str, tmp_path: Path) -> None:
+    """`keel user unlock` lifts a real lockout, and says when there was none."""
+    import asyncio
+
+    from keel import Config
+    from keel.core.database import Database
+    from keel.identity.throttle import LoginFailed, LoginThrottled, login
+
+    runner.invoke(
+        app, ["user", "create", "--email", "ada@example.com", "--password-stdin"], input=PASSWORD
+    )
+
+    async def fail_five_times() -> None:
+        db = Database(Config(database_url=database_url, data_dir=tmp_path))
+        try:
+            for _ in range(6):
+                with contextlib.suppress(LoginFailed, LoginThrottled):
+                    await login(db, email="ada@example.com", password="wrong" * 4, client_ip=None)
+        finally:
+            await db.dispose()
+
+    asyncio.run(fail_five_times())
     result = runner.invoke(app, ["user", "unlock", "ada@example.com", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {"email": "ada@example.com", "was_locked": False}
+    assert json.loads(result.output) == {"email": "ada@example.com", "was_locked": True}
+    again = runner.invoke(app, ["user", "unlock", "ada@example.com", "--json"])
+    assert json.loads(again.output)["was_locked"] is False

@@ -74,3 +74,15 @@ def test_policy_reports_every_problem_at_once() -> None:
     with pytest.raises(PasswordRejected) as caught:
         check_policy("dragon", email="x@example.com")
     assert {e["code"] for e in caught.value.errors or []} == {"too_short", "common"}
+
+
+async def test_long_password_against_legacy_bcrypt_hash() -> None:
+    """A legacy bcrypt app only used the first 72 bytes; such users still sign in and get a
+    full-length argon2id hash."""
+    password = "x" * 60 + "the rest is beyond bcrypt's 72 bytes"
+    legacy = bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(rounds=4)).decode()
+    result = await verify_password(password, legacy)
+    assert result.ok
+    assert result.new_hash is not None
+    assert (await verify_password(password, result.new_hash)).ok
+    assert not (await verify_password(password[:72], result.new_hash)).ok

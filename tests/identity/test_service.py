@@ -21,7 +21,9 @@ from keel.identity import (
     get_user_by_email,
     list_users,
     login,
+    prepare_password,
 )
+from tests.conftest import hashed
 
 PASSWORD = "correct horse battery staple"
 
@@ -41,7 +43,9 @@ async def count_users(db: Database) -> int:
 async def test_create_and_find_case_insensitively(db: Database) -> None:
     """Emails are stored normalised; lookups ignore case and surrounding spaces."""
     async with db.transaction() as session:
-        user = await create_user(session, email="  Ada@Example.COM ", password=PASSWORD)
+        user = await create_user(
+            session, email="  Ada@Example.COM ", password_hash=await hashed(PASSWORD)
+        )
     assert user.email == "ada@example.com"
     assert user.display_name == "ada"
     assert user.password_hash is not None and PASSWORD not in user.password_hash
@@ -53,10 +57,12 @@ async def test_create_and_find_case_insensitively(db: Database) -> None:
 async def test_duplicate_email_is_a_conflict_and_changes_nothing(db: Database) -> None:
     """A second user with the same email (any case) is refused with 409."""
     async with db.transaction() as session:
-        await create_user(session, email="ada@example.com", password=PASSWORD)
+        await create_user(session, email="ada@example.com", password_hash=await hashed(PASSWORD))
     with pytest.raises(Conflict, match="already exists"):
         async with db.transaction() as session:
-            await create_user(session, email="ADA@example.com", password=PASSWORD)
+            await create_user(
+                session, email="ADA@example.com", password_hash=await hashed(PASSWORD)
+            )
     assert await count_users(db) == 1
 
 
@@ -69,7 +75,9 @@ async def test_concurrent_creates_of_one_email_leave_one_user(config: Config) ->
     async def attempt(db: Database) -> str:
         try:
             async with db.transaction() as session:
-                await create_user(session, email="race@example.com", password=PASSWORD)
+                await create_user(
+                    session, email="race@example.com", password_hash=await hashed(PASSWORD)
+                )
         except Conflict:
             return "conflict"
         return "created"
@@ -88,22 +96,21 @@ async def test_malformed_email_is_refused(db: Database, email: str) -> None:
     """A malformed email is a validation error and nothing is stored."""
     with pytest.raises(ValidationFailed):
         async with db.transaction() as session:
-            await create_user(session, email=email, password=PASSWORD)
+            await create_user(session, email=email, password_hash=await hashed(PASSWORD))
     assert await count_users(db) == 0
 
 
 async def test_weak_password_is_refused_and_nothing_stored(db: Database) -> None:
     """The policy runs before anything is written."""
     with pytest.raises(PasswordRejected):
-        async with db.transaction() as session:
-            await create_user(session, email="ada@example.com", password="password")
+        await prepare_password("password", email="ada@example.com")
     assert await count_users(db) == 0
 
 
 async def test_imported_bcrypt_user_is_rehashed_on_login(db: Database) -> None:
     """A user migrated with a bcrypt hash signs in, and the stored hash becomes argon2id."""
     async with db.transaction() as session:
-        user = await create_user(session, email="old@example.com", password=None)
+        user = await create_user(session, email="old@example.com", password_hash=None)
         user.password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
     signed_in = await login(db, email="old@example.com", password=PASSWORD, client_ip=None)
     assert signed_in.last_login_at is not None
@@ -117,7 +124,7 @@ async def test_list_pages_by_keyset(db: Database) -> None:
     """Listing follows creation order, filters by status, and pages with `after`."""
     async with db.transaction() as session:
         for index in range(5):
-            await create_user(session, email=f"user{index}@example.com", password=None)
+            await create_user(session, email=f"user{index}@example.com", password_hash=None)
         await disable_user(session, "user3@example.com")
     async with db.session() as session:
         first = await list_users(session, limit=2)

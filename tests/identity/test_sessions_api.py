@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from keel import Config, Keel, create_app
 from keel.identity import create_user
 from keel.identity.sessions import BrowserSession
-from tests.conftest import client_for
+from tests.conftest import client_for, hashed
 from tests.protection.test_guard import assert_problem
 
 PASSWORD = "correct horse battery staple"
@@ -28,7 +28,9 @@ async def auth_app(config: Config) -> AsyncIterator[tuple[FastAPI, Keel]]:
         keel: Keel = application.state.keel
         async with keel.db.transaction() as session:
             for name in ("ada", "bob"):
-                await create_user(session, email=f"{name}@example.com", password=PASSWORD)
+                await create_user(
+                    session, email=f"{name}@example.com", password_hash=await hashed(PASSWORD)
+                )
         yield application, keel
 
 
@@ -82,7 +84,9 @@ async def test_https_cookie_is_host_prefixed_and_secure(
     async with LifespanManager(application):
         keel: Keel = application.state.keel
         async with keel.db.transaction() as session:
-            await create_user(session, email="ada@example.com", password=PASSWORD)
+            await create_user(
+                session, email="ada@example.com", password_hash=await hashed(PASSWORD)
+            )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=application), base_url="https://ops.example"
         ) as http:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from keel import Config
 from keel.core.database import Database
 from keel.identity import create_user, disable_user
 from keel.identity import throttle as throttle_module
@@ -21,6 +22,7 @@ from keel.identity.throttle import (
     login,
     unlock,
 )
+from tests.conftest import hashed
 
 PASSWORD = "correct horse battery staple"
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -31,7 +33,7 @@ POLICY = LoginPolicy(account_failures=3, base_lock=timedelta(minutes=1), address
 async def db(migrated_db: Database) -> Database:
     """A migrated database with one user, ada@example.com."""
     async with migrated_db.transaction() as session:
-        await create_user(session, email="ada@example.com", password=PASSWORD)
+        await create_user(session, email="ada@example.com", password_hash=await hashed(PASSWORD))
     return migrated_db
 
 
@@ -148,3 +150,85 @@ async def test_admin_unlock_and_attempts_are_recorded(db: Database) -> None:
             )
         ).all()
     assert dict(rows) == {"failed": 3, "throttled": 1, "success": 1}
+
+
+async def test_password_change_during_a_login_wins(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If an admin changes the password (or disables the user) while a login is checking the
+    old one, the login fails and the new password stays."""
+    from keel.identity import User
+
+    real_verify = throttle_module.verify_password
+    new_hash = await hashed("a brand new passphrase")
+
+    async def verify_then_admin_acts(password: str, stored: str | None) -> Any:
+        result = await real_verify(password, stored)
+        async with db.transaction() as session:
+            user = (await session.scalars(select(User))).one()
+            user.password_hash = new_hash
+        return result
+
+    monkeypatch.setattr(throttle_module, "verify_password", verify_then_admin_acts)
+    assert await attempt(db, PASSWORD) == "failed"
+    async with db.session() as session:
+        assert (await session.scalars(select(User.password_hash))).one() == new_hash
+
+
+async def test_successes_do_not_fill_the_address_limit(db: Database) -> None:
+    """Many people signing in correctly from one address (an office NAT) are never throttled."""
+    results = [
+        await attempt(db, PASSWORD, at=T0 + timedelta(minutes=i))
+        for i in range(POLICY.address_failures + 4)
+    ]
+    assert set(results) == {"ok"}
+
+
+def test_addresses_are_grouped_sensibly() -> None:
+    """IPv6 clients are keyed by /64 (one client holds a whole /64); IPv4-mapped IPv6 is IPv4."""
+    from keel.identity.throttle import address_key
+
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:198.51.100.7") == address_key("198.51.100.7") == "ip:198.51.100.7"
+    assert address_key(None) is None
+
+
+async def test_parallel_guesses_from_several_processes(
+    config: Config, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit holds across processes too (separate engines share only the database)."""
+    checks = 0
+    real_verify = throttle_module.verify_password
+
+    async def counting_verify(password: str, stored: str | None) -> Any:
+        nonlocal checks
+        checks += 1
+        return await real_verify(password, stored)
+
+    monkeypatch.setattr(throttle_module, "verify_password", counting_verify)
+    engines = [Database(config) for _ in range(4)]
+
+    async def guess(index: int) -> str:
+        try:
+            await login(
+                engines[index % 4],
+                email="ada@example.com",
+                password=f"guess {index:04d} wrong",
+                client_ip=f"198.51.100.{index}",
+                policy=POLICY,
+                now=T0,
+            )
+        except LoginFailed:
+            return "failed"
+        except LoginThrottled:
+            return "throttled"
+        return "ok"
+
+    try:
+        results = await asyncio.gather(*(guess(i) for i in range(24)))
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert checks <= POLICY.account_failures
+    assert "ok" not in results

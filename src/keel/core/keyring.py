@@ -19,12 +19,12 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import DateTime, LargeBinary, String, select, update
+from sqlalchemy import LargeBinary, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.config import Config
-from keel.core.database import Base, Database
+from keel.core.database import Base, Database, UTCDateTime
 from keel.core.errors import KeelError, StartupError
 
 __all__ = ["DataKey", "DecryptionFailed", "Keyring", "load_master_key"]
@@ -48,8 +48,8 @@ class DataKey(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 def _decode_master(text: str, source: str) -> bytes:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Integer, String
+from sqlalchemy import CheckConstraint, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keel.core.database import Base
+from keel.core.database import Base, UTCDateTime
 
 __all__ = ["Instance"]
 
@@ -21,5 +21,5 @@ class Instance(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     # Two processes starting at once on an empty database must not both create an identity.
     singleton: Mapped[int] = mapped_column(Integer, unique=True, default=1, server_default="1")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_by_version: Mapped[str] = mapped_column(String(32))

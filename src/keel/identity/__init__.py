@@ -9,6 +9,7 @@ from keel.identity.service import (
     get_user_by_email,
     list_users,
     normalize_email,
+    prepare_password,
 )
 from keel.identity.throttle import (
     LoginFailed,
@@ -36,6 +37,7 @@ __all__ = [
     "lock_state",
     "login",
     "normalize_email",
+    "prepare_password",
     "unlock",
     "verify_password",
 ]

@@ -28,7 +28,7 @@ from keel.core.database import Database
 from keel.core.migrate import prepare
 from keel.identity.models import User
 from keel.identity.passwords import PasswordRejected, check_policy
-from keel.identity.service import create_user, disable_user, list_users
+from keel.identity.service import create_user, disable_user, list_users, prepare_password
 from keel.identity.throttle import unlock
 
 __all__ = ["user_cli"]
@@ -93,10 +93,11 @@ def user_cli() -> typer.Typer:
         """Create an active user with a password (asked for, never an argument)."""
         config = load_config(data_dir=data_dir)
         password = _read_password(password_stdin, email)
+        password_hash = run(prepare_password(password, email=email))
 
         async def work(session: AsyncSession) -> dict[str, object]:
             user = await create_user(
-                session, email=email, password=password, display_name=display_name
+                session, email=email, password_hash=password_hash, display_name=display_name
             )
             return _user_data(user)
 

@@ -15,6 +15,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from keel.core.errors import ValidationFailed
+from keel.observability.logging import get_logger
 
 __all__ = [
     "MAX_LENGTH",
@@ -97,11 +98,36 @@ async def verify_password(password: str, stored: str | None) -> Verification:
     account exists.
     """
     if stored is None:
-        dummy = await asyncio.to_thread(_dummy_hash)
-        await asyncio.to_thread(_hasher.verify, password, dummy)
+        await _spend_dummy_verification(password)
         return Verification(ok=False)
+    if stored.startswith(("$2a$", "$2b$", "$2y$")) and len(password.encode()) > _BCRYPT_LIMIT:
+        # The legacy app's bcrypt only ever saw the first 72 bytes; newer bcrypt refuses longer
+        # input instead of truncating, which would lock these users out.
+        ok = await asyncio.to_thread(_bcrypt_truncated_check, password, stored)
+        return Verification(ok=ok, new_hash=await hash_password(password) if ok else None)
     try:
         ok, updated = await asyncio.to_thread(_hasher.verify_and_update, password, stored)
-    except Exception:  # noqa: BLE001 - an unreadable stored hash verifies nothing
+    except Exception as exc:  # noqa: BLE001 - an unreadable stored hash verifies nothing
+        get_logger("keel.identity").warning("unreadable password hash", error=type(exc).__name__)
+        await _spend_dummy_verification(password)
         return Verification(ok=False)
     return Verification(ok=ok, new_hash=updated if ok else None)
+
+
+_BCRYPT_LIMIT = 72
+
+
+def _bcrypt_truncated_check(password: str, stored: str) -> bool:
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(password.encode()[:_BCRYPT_LIMIT], stored.encode()))
+    except ValueError:
+        return False
+
+
+async def _spend_dummy_verification(password: str) -> None:
+    # The same work as checking a real argon2id hash, so a missing or unreadable hash is not
+    # told apart by the time it takes.
+    dummy = await asyncio.to_thread(_dummy_hash)
+    await asyncio.to_thread(_hasher.verify, password[:MAX_LENGTH], dummy)

@@ -26,6 +26,7 @@ __all__ = [
     "get_user_by_email",
     "list_users",
     "normalize_email",
+    "prepare_password",
 ]
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -54,17 +55,22 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
+async def prepare_password(password: str, *, email: str) -> str:
+    """Check `password` against the policy and hash it: call this *before* opening the
+    transaction that creates or updates the user, so the slow hash holds no lock."""
+    check_policy(password, email=normalize_email(email))
+    return await hash_password(password)
+
+
 async def create_user(
     session: AsyncSession,
     *,
     email: str,
-    password: str | None,
+    password_hash: str | None,
     display_name: str | None = None,
 ) -> User:
-    """A new active user. The password must pass the policy; it is stored only as a hash."""
+    """A new active user with a hash from `prepare_password` (None: no password yet)."""
     address = normalize_email(email)
-    if password is not None:
-        check_policy(password, email=address)
     if await session.scalar(select(User.id).where(User.email == address)) is not None:
         raise Conflict(f"a user with email {address} already exists")
     now = datetime.now(UTC)
@@ -73,14 +79,16 @@ async def create_user(
         email=address,
         display_name=(display_name or address.split("@", 1)[0]).strip()[:200],
         status=UserStatus.ACTIVE,
-        password_hash=await hash_password(password) if password is not None else None,
+        password_hash=password_hash,
         created_at=now,
         updated_at=now,
-        password_changed_at=now if password is not None else None,
+        password_changed_at=now if password_hash is not None else None,
     )
-    session.add(user)
     try:
-        await session.flush()
+        # A savepoint, so a lost race leaves the caller's transaction usable (PostgreSQL
+        # aborts the whole transaction on an error otherwise).
+        async with session.begin_nested():
+            session.add(user)
     except IntegrityError:
         raise Conflict(f"a user with email {address} already exists") from None
     return user

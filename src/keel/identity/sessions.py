@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import DateTime, ForeignKey, String, select, update
+from sqlalchemy import ForeignKey, String, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keel.core.database import Base
+from keel.core.database import Base, UTCDateTime
 from keel.core.ids import new_id
 from keel.identity.models import User, UserStatus
 
@@ -49,10 +49,10 @@ class BrowserSession(Base):
     user_id: Mapped[str] = mapped_column(
         ForeignKey("keel_users.id", ondelete="CASCADE"), index=True
     )
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     client_ip: Mapped[str | None] = mapped_column(String(64), default=None)
     user_agent: Mapped[str | None] = mapped_column(String(300), default=None)
 
@@ -68,10 +68,6 @@ class IssuedSession:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def create_session(
@@ -133,8 +129,8 @@ async def resolve_session(
     row, user = found
     if (
         row.revoked_at is not None
-        or _aware(row.expires_at) <= now
-        or _aware(row.last_seen_at) + idle <= now
+        or row.expires_at <= now
+        or row.last_seen_at + idle <= now
         or user.status != UserStatus.ACTIVE
     ):
         return None
@@ -143,7 +139,7 @@ async def resolve_session(
 
 def needs_touch(row: BrowserSession, *, now: datetime | None = None) -> bool:
     """Whether the session's `last_seen_at` is older than `LAST_SEEN_RESOLUTION`."""
-    return (now or datetime.now(UTC)) - _aware(row.last_seen_at) >= LAST_SEEN_RESOLUTION
+    return (now or datetime.now(UTC)) - row.last_seen_at >= LAST_SEEN_RESOLUTION
 
 
 async def touch_session(
@@ -195,4 +191,4 @@ async def list_sessions(
         .where(BrowserSession.revoked_at.is_(None))
         .order_by(BrowserSession.id)
     )
-    return [row for row in rows if _aware(row.expires_at) > now]
+    return [row for row in rows if row.expires_at > now]

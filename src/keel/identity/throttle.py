@@ -8,15 +8,16 @@ Every attempt is recorded (the audit trail will chain these records once it exis
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Boolean, DateTime, Integer, String, select, update
+from sqlalchemy import Boolean, Integer, String, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from keel.core.database import Base, Database
+from keel.core.database import Base, Database, UTCDateTime
 from keel.core.errors import KeelError, Unauthenticated, ValidationFailed
 from keel.core.ids import new_id
 from keel.identity.models import User, UserStatus
@@ -29,6 +30,7 @@ __all__ = [
     "LoginPolicy",
     "LoginThrottle",
     "LoginThrottled",
+    "address_key",
     "lock_state",
     "login",
     "unlock",
@@ -57,8 +59,9 @@ class LoginThrottle(Base):
 
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    window_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class LoginAttempt(Base):
@@ -67,7 +70,7 @@ class LoginAttempt(Base):
     __tablename__ = "keel_login_attempts"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     email: Mapped[str] = mapped_column(String(320), index=True)
     user_id: Mapped[str | None] = mapped_column(String(36), default=None)
     client_ip: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -101,7 +104,7 @@ async def _row(session: AsyncSession, key: str, now: datetime) -> LoginThrottle:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     await session.execute(
         insert(LoginThrottle)
-        .values(key=key, failures=0, locked_until=None, updated_at=now)
+        .values(key=key, failures=0, locked_until=None, window_started_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["key"])
     )
     query = select(LoginThrottle).where(LoginThrottle.key == key)
@@ -116,6 +119,74 @@ def _retry_after(until: datetime, now: datetime) -> str:
     return str(max(1, int((until - now).total_seconds() + 0.999)))
 
 
+def address_key(client_ip: str | None) -> str | None:
+    """The throttle key of a client address: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its
+    /64, since one client usually holds a whole /64 and could rotate through it."""
+    if not client_ip:
+        return None
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return f"ip:{client_ip[:64]}"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        return f"ip:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"ip:{address}"
+
+
+@dataclass(slots=True)
+class _Claim:
+    """What the first transaction learnt about the account it counted an attempt for."""
+
+    user_id: str | None = None
+    stored_hash: str | None = None
+    refused_until: datetime | None = None
+
+
+async def _claim_attempt(
+    session: AsyncSession,
+    *,
+    account_key: str,
+    ip_key: str | None,
+    address: str,
+    client_ip: str | None,
+    policy: LoginPolicy,
+    now: datetime,
+) -> _Claim:
+    account = await _row(session, account_key, now)
+    network = await _row(session, ip_key, now) if ip_key else None
+    if network is not None and now - network.window_started_at > policy.address_window:
+        network.failures, network.window_started_at = 0, now
+    locks = [
+        row.locked_until
+        for row in (account, network)
+        if row is not None and row.locked_until is not None and row.locked_until > now
+    ]
+    if locks:
+        session.add(
+            _attempt(now=now, email=address, user_id=None, client_ip=client_ip, outcome="throttled")
+        )
+        return _Claim(refused_until=max(locks))
+    # Counted before the password is checked: parallel guesses each take a count.
+    account.failures += 1
+    account.updated_at = now
+    if account.failures >= policy.account_failures:
+        account.locked_until = now + policy.lock_for(account.failures)
+    if network is not None:
+        network.failures += 1
+        network.updated_at = now
+        if network.failures >= policy.address_failures:
+            over = network.failures - policy.address_failures
+            network.locked_until = now + min(
+                policy.address_window * (1 << min(over, 10)), policy.max_lock
+            )
+    user = await session.scalar(select(User).where(User.email == address))
+    if user is None or user.status != UserStatus.ACTIVE:
+        return _Claim()
+    return _Claim(user_id=user.id, stored_hash=user.password_hash)
+
+
 async def login(
     db: Database,
     *,
@@ -128,87 +199,79 @@ async def login(
     """The active user for these credentials; `LoginFailed` (401) or `LoginThrottled` (429).
 
     Three short transactions: count the attempt (refusing it when locked), check the password
-    with no transaction open (hashing is slow), then record the outcome.
+    with no transaction open (hashing is slow), then record the outcome, re-checking that the
+    account is still active and its password unchanged since it was read.
     """
     policy = policy or LoginPolicy()
     now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("login(now=...) must be timezone-aware")
     try:
         address = normalize_email(email)
     except ValidationFailed:
         address = email.strip().lower()[:320]
-    account_key, ip_key = f"email:{address}", f"ip:{client_ip}" if client_ip else None
+    account_key, ip_key = f"email:{address}", address_key(client_ip)
 
     async with db.transaction() as session:
-        account = await _row(session, account_key, now)
-        network = await _row(session, ip_key, now) if ip_key else None
-        if network is not None and now - _aware(network.updated_at) > policy.address_window:
-            network.failures, network.locked_until = 0, None
-        locked = [
-            _aware(row.locked_until)
-            for row in (account, network)
-            if row is not None and row.locked_until is not None and _aware(row.locked_until) > now
-        ]
-        if locked:
-            session.add(
-                _attempt(
-                    now=now, email=address, user_id=None, client_ip=client_ip, outcome="throttled"
-                )
-            )
-            refused_until = max(locked)
-        else:
-            refused_until = None
-            account.failures += 1
-            account.updated_at = now
-            if account.failures >= policy.account_failures:
-                account.locked_until = now + policy.lock_for(account.failures)
-            if network is not None:
-                network.failures += 1
-                network.updated_at = now
-                if network.failures >= policy.address_failures:
-                    network.locked_until = now + policy.address_window
-            user = await session.scalar(select(User).where(User.email == address))
-            user_id = user.id if user is not None else None
-            stored = user.password_hash if user is not None else None
-            active = user is not None and user.status == UserStatus.ACTIVE
-    if refused_until is not None:
-        raise LoginThrottled(headers={"Retry-After": _retry_after(refused_until, now)})
+        claim = await _claim_attempt(
+            session,
+            account_key=account_key,
+            ip_key=ip_key,
+            address=address,
+            client_ip=client_ip,
+            policy=policy,
+            now=now,
+        )
+    if claim.refused_until is not None:
+        raise LoginThrottled(headers={"Retry-After": _retry_after(claim.refused_until, now)})
 
-    verification = await verify_password(password, stored)
-    succeeded = verification.ok and active
+    verification = await verify_password(password, claim.stored_hash)
 
     async with db.transaction() as session:
-        outcome = "success" if succeeded else "failed"
+        user = None
+        if verification.ok and claim.user_id is not None:
+            query = select(User).where(User.id == claim.user_id)
+            if db.dialect == "postgresql":
+                query = query.with_for_update()
+            user = await session.scalar(query)
+            # Disabled, or given a new password, while this attempt was being checked.
+            if (
+                user is None
+                or user.status != UserStatus.ACTIVE
+                or user.password_hash != claim.stored_hash
+            ):
+                user = None
+        succeeded = user is not None
         session.add(
             _attempt(
                 now=now,
                 email=address,
-                user_id=user_id,
+                user_id=claim.user_id,
                 client_ip=client_ip,
-                outcome=outcome,
+                outcome="success" if succeeded else "failed",
                 succeeded=succeeded,
             )
         )
-        if succeeded:
+        if user is not None:
             await session.execute(
                 update(LoginThrottle)
                 .where(LoginThrottle.key == account_key)
                 .values(failures=0, locked_until=None, updated_at=now)
             )
-            user = await session.get(User, user_id)
-            assert user is not None
+            if ip_key is not None:  # a success takes back the count it provisionally added
+                await session.execute(
+                    update(LoginThrottle)
+                    .where(LoginThrottle.key == ip_key)
+                    .where(LoginThrottle.failures > 0)
+                    .values(failures=LoginThrottle.failures - 1)
+                )
             if verification.new_hash is not None:
                 user.password_hash = verification.new_hash
             user.last_login_at = now
             user.updated_at = now
-    if not succeeded:
+    if user is None:
         raise LoginFailed("The email or password is wrong.")
-    assert user is not None
     return user
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything Keel stores is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _attempt(
@@ -240,7 +303,7 @@ async def unlock(session: AsyncSession, email: str) -> bool:
     row = await session.get(LoginThrottle, _account_key(email))
     if row is None:
         return False
-    was_locked = row.locked_until is not None
+    was_locked = row.locked_until is not None and row.locked_until > datetime.now(UTC)
     row.failures, row.locked_until = 0, None
     return was_locked
 
@@ -251,6 +314,6 @@ async def lock_state(
     """Until when the account is locked, or None."""
     now = now or datetime.now(UTC)
     row = await session.get(LoginThrottle, _account_key(email))
-    if row is None or row.locked_until is None or _aware(row.locked_until) <= now:
+    if row is None or row.locked_until is None or row.locked_until <= now:
         return None
-    return _aware(row.locked_until)
+    return row.locked_until

@@ -6,6 +6,7 @@ the same kernel (health, metrics, tracing, errors, protections) with one call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -93,6 +94,7 @@ class Keel:
         self.redis: Any = None
         self.running = False
         self._keyring: Keyring | None = None
+        self._keyring_lock = asyncio.Lock()
         self._kernel_routes: list[Any] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -168,10 +170,11 @@ class Keel:
 
     async def keyring(self) -> Keyring:
         """The keyring, loaded on first use (creating the master key file on SQLite)."""
-        if self._keyring is None:
-            keyring = Keyring(load_master_key(self.config))
-            await keyring.load(self.db)
-            self._keyring = keyring
+        async with self._keyring_lock:
+            if self._keyring is None:
+                keyring = Keyring(load_master_key(self.config))
+                await keyring.load(self.db)
+                self._keyring = keyring
         return self._keyring
 
     # --- readiness -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from keel._version import __version__
@@ -241,7 +242,7 @@ def config_show(data_dir: DataDirOption = None, as_json: JsonOption = False) -> 
     table.add_column("environment variable", no_wrap=True)
     for name, value in data.items():
         shown = "" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
-        table.add_row(name, shown, f"KEEL_{name.upper()}")
+        table.add_row(name, escape(shown), f"KEEL_{name.upper()}")
     out.print(table)
 
 

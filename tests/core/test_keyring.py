@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import stat
@@ -131,8 +132,13 @@ def test_keys_rotate_command(
     assert second["keys"] == 3  # the first key made on load, then two rotations
 
 
-async def test_a_key_rotated_by_another_process_is_picked_up(db: Database) -> None:
+async def test_a_key_rotated_by_another_process_is_picked_up(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A process that loaded before another rotated can still open the new data."""
+    from keel.core import keyring as keyring_module
+
+    monkeypatch.setattr(keyring_module, "RELOAD_INTERVAL", 0.0)
     master = new_master()
     early = await loaded(db, master)
     late = await loaded(db, master)
@@ -152,6 +158,33 @@ async def test_kernel_keyring_is_loaded_once(make_config: Callable[..., Config])
     try:
         first = await kernel.keyring()
         assert first is await kernel.keyring()
-        assert first.decrypt(first.encrypt(b"x")) == b"x"
+        assert first.decrypt(first.encrypt(b"x", context=b"c"), context=b"c") == b"x"
     finally:
         await kernel.db.dispose()
+
+
+async def test_processes_starting_together_agree_on_the_first_key(
+    config: Config, db: Database
+) -> None:
+    """Several processes loading an empty keyring at once create one key and all use it."""
+    master = new_master()
+    engines = [Database(config) for _ in range(4)]
+    try:
+        keyrings = await asyncio.gather(*(loaded(engine, master) for engine in engines))
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert len({keyring.current_key_id for keyring in keyrings}) == 1
+    assert all(len(keyring.key_ids) == 1 for keyring in keyrings)
+
+
+async def test_forged_key_ids_do_not_force_reloads(db: Database) -> None:
+    """A ciphertext naming a malformed or unknown key id is refused without a reload storm."""
+    keyring = await loaded(db, new_master())
+    sealed = keyring.encrypt(b"x", context=b"c")
+    forged = b"\x01\x0bnot-a-key-x" + sealed[2 + sealed[1] :]
+    with pytest.raises(DecryptionFailed):
+        await keyring.open(db, forged, context=b"c")
+    plausible = b"\x01\x11k20261122deadbeef" + sealed[2 + sealed[1] :]
+    with pytest.raises(DecryptionFailed):
+        await keyring.open(db, plausible, context=b"c")  # loaded moments ago: no reload

@@ -115,3 +115,11 @@ def test_unlock_command(database_url: str, tmp_path: Path) -> None:
     assert json.loads(result.output) == {"email": "ada@example.com", "was_locked": True}
     again = runner.invoke(app, ["user", "unlock", "ada@example.com", "--json"])
     assert json.loads(again.output)["was_locked"] is False
+
+
+def test_brackets_in_input_are_text_not_markup() -> None:
+    """An email full of Rich markup is echoed as text in the one-line error, not a crash."""
+    result = runner.invoke(app, ["user", "disable", "[/]x[bold]@example.com"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "[/]x[bold]@example.com" in result.output

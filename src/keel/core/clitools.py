@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from keel.core.config import Config
 from keel.core.errors import KeelError
@@ -44,9 +45,10 @@ DataDirOption = Annotated[
 
 def fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
     """Print `keel: error: message` (and a hint) on stderr and exit with `code`."""
-    err.print(f"[bold red]keel: error:[/] {message}", highlight=False, soft_wrap=True)
+    # Messages carry user input (emails, paths): escaped, so brackets are text, not markup.
+    err.print(f"[bold red]keel: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        err.print(f"  [dim]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        err.print(f"  [dim]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

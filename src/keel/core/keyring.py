@@ -13,13 +13,16 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import LargeBinary, String, select, update
+from sqlalchemy import LargeBinary, String, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,6 +35,10 @@ __all__ = ["DataKey", "DecryptionFailed", "Keyring", "load_master_key"]
 _FORMAT = b"\x01"  # ciphertext layout version
 _NONCE = 12
 _MASTER_AAD = b"keel:data-key"
+_KEY_ID = re.compile(r"k\d{8}[0-9a-f]{8}")
+_KEYS_LOCK = 0x6B65656C_6B6579
+RELOAD_INTERVAL = 5.0
+"""Seconds between key reloads triggered by unknown key ids."""
 
 
 class DecryptionFailed(KeelError):
@@ -76,6 +83,10 @@ def load_master_key(config: Config) -> bytes:
         return _decode_master(config.master_key.get_secret_value(), "KEEL_MASTER_KEY")
     path = Path(config.data_dir) / "master.key"
     if path.exists():
+        if path.stat().st_mode & 0o077:
+            structlog.get_logger("keel.keys").warning(
+                "master key file is readable by others", path=str(path), hint="chmod 600 it"
+            )
         return _decode_master(path.read_text(encoding="ascii"), str(path))
     if config.dialect != "sqlite":
         raise StartupError(
@@ -84,9 +95,21 @@ def load_master_key(config: Config) -> bytes:
         )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write(base64.urlsafe_b64encode(key).decode() + "\n")
+    temporary = path.with_name(f".master.key.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(base64.urlsafe_b64encode(key).decode() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            # link() never replaces: of two processes starting at once, one key wins and the
+            # other process reads it, whole, because it was complete before it was linked.
+            os.link(temporary, path)
+        except FileExistsError:
+            return _decode_master(path.read_text(encoding="ascii"), str(path))
+    finally:
+        temporary.unlink(missing_ok=True)
     return key
 
 
@@ -97,6 +120,7 @@ class Keyring:
         self._master = AESGCM(master_key)
         self._keys: dict[str, AESGCM] = {}
         self._current: str | None = None
+        self._loaded_at = float("-inf")
 
     # --- key management --------------------------------------------------------------------
     async def load(self, db: Database) -> None:
@@ -106,28 +130,43 @@ class Keyring:
         keys this process knows).
         """
         async with db.session() as session:
-            rows = (await session.scalars(select(DataKey).order_by(DataKey.id))).all()
+            rows = (await session.scalars(select(DataKey).order_by(DataKey.created_at))).all()
         if not rows:
-            await self.rotate(db)
-            return
+            rows = await self._create_first_key(db)
         self._keys = {row.id: self._unwrap(row) for row in rows}
         active = [row.id for row in rows if row.retired_at is None]
         self._current = active[-1] if active else None
         if self._current is None:
             await self.rotate(db)
+        self._loaded_at = time.monotonic()
 
-    async def rotate(self, db: Database) -> str:
-        """Make a new data key current; older ones stay for decryption. Returns its id."""
+    async def _create_first_key(self, db: Database) -> list[DataKey]:
+        # Processes starting together on an empty table must agree on one first key.
+        async with db.transaction() as session:
+            await _lock_keys(session)
+            rows = list(await session.scalars(select(DataKey).order_by(DataKey.created_at)))
+            if not rows:
+                rows = [self._new_key(session)]
+        return rows
+
+    def _new_key(self, session: AsyncSession) -> DataKey:
         key_id = f"k{datetime.now(UTC):%Y%m%d}{secrets.token_hex(4)}"
         raw = AESGCM.generate_key(bit_length=256)
         nonce = os.urandom(_NONCE)
         wrapped = nonce + self._master.encrypt(nonce, raw, _MASTER_AAD + key_id.encode())
+        row = DataKey(id=key_id, wrapped=wrapped, created_at=datetime.now(UTC))
+        session.add(row)
+        return row
+
+    async def rotate(self, db: Database) -> str:
+        """Make a new data key current; older ones stay for decryption. Returns its id."""
         async with db.transaction() as session:
+            await _lock_keys(session)
             await _retire_all(session)
-            session.add(DataKey(id=key_id, wrapped=wrapped, created_at=datetime.now(UTC)))
-        self._keys[key_id] = AESGCM(raw)
-        self._current = key_id
-        return key_id
+            row = self._new_key(session)
+        self._keys[row.id] = self._unwrap(row)
+        self._current = row.id
+        return row.id
 
     def _unwrap(self, row: DataKey) -> AESGCM:
         nonce, sealed = row.wrapped[:_NONCE], row.wrapped[_NONCE:]
@@ -154,14 +193,14 @@ class Keyring:
         return self._current
 
     # --- data --------------------------------------------------------------------------------
-    def encrypt(self, plaintext: bytes, *, context: bytes = b"") -> bytes:
+    def encrypt(self, plaintext: bytes, *, context: bytes) -> bytes:
         """Seal `plaintext` with the current key, bound to `context` (e.g. table and row id)."""
         key_id = self.current_key_id.encode()
         nonce = os.urandom(_NONCE)
         sealed = self._keys[self.current_key_id].encrypt(nonce, plaintext, key_id + context)
         return _FORMAT + bytes([len(key_id)]) + key_id + nonce + sealed
 
-    def decrypt(self, ciphertext: bytes, *, context: bytes = b"") -> bytes:
+    def decrypt(self, ciphertext: bytes, *, context: bytes) -> bytes:
         """Open a ciphertext made by `encrypt` with the same `context`."""
         try:
             if ciphertext[:1] != _FORMAT:
@@ -179,16 +218,30 @@ class Keyring:
         except (InvalidTag, IndexError, UnicodeDecodeError, ValueError):
             raise DecryptionFailed() from None
 
-    async def open(self, db: Database, ciphertext: bytes, *, context: bytes = b"") -> bytes:
-        """`decrypt`, reloading the keys once if the ciphertext names a key made elsewhere
-        (another process rotated since this one loaded)."""
+    async def open(self, db: Database, ciphertext: bytes, *, context: bytes) -> bytes:
+        """`decrypt`, reloading the keys if the ciphertext names a well-formed key id this
+        process has not seen (another process rotated since it loaded). Reloads happen at most
+        every `RELOAD_INTERVAL` seconds, so forged key ids cannot make every request scan."""
         try:
             return self.decrypt(ciphertext, context=context)
         except DecryptionFailed as exc:
             if not str(exc.detail).startswith("Unknown key"):
                 raise
+        key_id = ciphertext[2 : 2 + ciphertext[1]].decode("ascii", "replace")
+        if (
+            _KEY_ID.fullmatch(key_id) is None
+            or time.monotonic() - self._loaded_at < RELOAD_INTERVAL
+        ):
+            raise DecryptionFailed()
         await self.load(db)
         return self.decrypt(ciphertext, context=context)
+
+
+async def _lock_keys(session: AsyncSession) -> None:
+    """Serialise key creation across processes (SQLite's write lock already does)."""
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _KEYS_LOCK})
 
 
 async def _retire_all(session: AsyncSession) -> None:

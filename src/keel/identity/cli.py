@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -105,7 +106,9 @@ def user_cli() -> typer.Typer:
         if as_json:
             print_json(data)
         else:
-            out.print(f"Created user {data['email']} ({data['id']}).", highlight=False)
+            out.print(
+                f"Created user {data['email']} ({data['id']}).", highlight=False, markup=False
+            )
 
     @group.command("list")
     def list_(
@@ -138,8 +141,8 @@ def user_cli() -> typer.Typer:
             table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(
-                str(row["email"]),
-                str(row["display_name"]),
+                escape(str(row["email"])),
+                escape(str(row["display_name"])),
                 str(row["status"]),
                 str(row["created_at"])[:19],
                 str(row["last_login_at"] or "never")[:19],
@@ -147,7 +150,7 @@ def user_cli() -> typer.Typer:
             )
         out.print(table)
         if len(rows) == limit:
-            out.print(f"More may follow: --after {rows[-1]['id']}", highlight=False)
+            out.print(f"More may follow: --after {rows[-1]['id']}", highlight=False, markup=False)
 
     @group.command("disable")
     def disable(
@@ -165,7 +168,7 @@ def user_cli() -> typer.Typer:
         if as_json:
             print_json(data)
         else:
-            out.print(f"Disabled {data['email']}.", highlight=False)
+            out.print(f"Disabled {data['email']}.", highlight=False, markup=False)
 
     @group.command("unlock")
     def unlock_(
@@ -188,6 +191,7 @@ def user_cli() -> typer.Typer:
                 if was_locked
                 else f"{email.strip().lower()} was not locked.",
                 highlight=False,
+                markup=False,
             )
 
     return group

@@ -63,6 +63,13 @@ async def test_keel_server_pages(client: httpx.AsyncClient) -> None:
     openapi = await client.get("/api/v1/openapi.json")
     assert openapi.json()["info"]["title"] == "Keel"
     assert "/readyz" in openapi.json()["paths"]
+    document = openapi.json()
+    login_responses = document["paths"]["/api/v1/auth/session"]["post"]["responses"]
+    assert set(login_responses) >= {"401", "422", "429", "500"}
+    problem = login_responses["422"]["content"]["application/problem+json"]["schema"]
+    assert problem == {"$ref": "#/components/schemas/Problem"}
+    assert "Problem" in document["components"]["schemas"]
+    assert "HTTPValidationError" not in document["components"]["schemas"]
     docs = await client.get("/api/v1/docs")
     assert docs.status_code == 200
     for page in (landing, docs):

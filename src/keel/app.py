@@ -23,7 +23,13 @@ from starlette.routing import Mount
 from keel._version import __version__
 from keel.core.config import Config
 from keel.core.database import Database
-from keel.core.errors import ErrorsMiddleware, StartupError, install_exception_handlers
+from keel.core.errors import (
+    ErrorsMiddleware,
+    Problem,
+    StartupError,
+    install_exception_handlers,
+    problem_responses,
+)
 from keel.core.ids import new_id
 from keel.core.keyring import Keyring, load_master_key
 from keel.core.migrate import migration_state, prepare
@@ -306,12 +312,35 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=keel.lifespan,
+        responses=problem_responses(400, 422, 500),
     )
+    _document_problems(app)
     keel.install(app, include_lifespan=False)
     before = len(app.router.routes)
     install_pages(app, keel, api_prefix=API_PREFIX)
     keel.adopt_routes(app, before)
     return app
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Put the Problem schema in the OpenAPI components, where `problem_responses` points."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components["Problem"] = Problem.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            for name, definition in components["Problem"].pop("$defs", {}).items():
+                components.setdefault(name, definition)
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install(app: FastAPI, config: Config | None = None, **options: Any) -> Keel:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -46,6 +47,7 @@ __all__ = [
     "NotFound",
     "OriginRejected",
     "PayloadTooLarge",
+    "Problem",
     "ServiceUnavailable",
     "StartupError",
     "Unauthenticated",
@@ -54,6 +56,7 @@ __all__ = [
     "install_exception_handlers",
     "problem_body",
     "problem_response",
+    "problem_responses",
 ]
 
 PROBLEM_TYPE_PREFIX = "urn:keel:problem:"
@@ -230,6 +233,38 @@ class StartupError(KeelError):
 
     slug = "startup-error"
     title = "Startup Error"
+
+
+class FieldProblem(BaseModel):
+    """One invalid field of a request."""
+
+    location: str = Field(description="body, query, path, header or cookie")
+    pointer: str = Field(description="JSON pointer to the field within its location")
+    detail: str
+    code: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every Keel error is rendered."""
+
+    type: str = Field(description="`urn:keel:problem:<slug>`, or about:blank")
+    title: str
+    status: int
+    detail: str | None = None
+    trace_id: str | None = Field(description="Look the failure up in the logs by this id")
+    errors: list[FieldProblem] | None = None
+    hint: str | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries documenting problem+json answers for `statuses`."""
+    return {
+        status: {
+            "description": _HTTP_TITLES.get(status, "Error"),
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
 
 
 def problem_body(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
-from keel.core.errors import NotFound
+from keel.core.errors import NotFound, problem_responses
 from keel.identity.middleware import session_cookie_name, session_token
 from keel.identity.models import User
 from keel.identity.principal import Principal, require_user
@@ -55,7 +55,7 @@ def auth_router(keel: Keel) -> APIRouter:
         "/session",
         status_code=status.HTTP_201_CREATED,
         summary="Sign in: start a browser session (sets the session cookie)",
-        responses={401: {"description": "Wrong email or password"}, 429: {"description": "Locked"}},
+        responses=problem_responses(401, 429),
     )
     async def sign_in(body: LoginRequest, request: Request, response: Response) -> LoginResponse:
         client_ip = request.client.host if request.client else None

@@ -148,3 +148,54 @@ def test_serve_refuses_unmigrated_postgres(postgres_url: str, tmp_path: Path) ->
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_first_start_prints_a_setup_link_kept_out_of_logs(tmp_path: Path) -> None:
+    """With no users, serve prints a one-time setup link to the terminal (never into a log
+    line); once an account exists it prints none."""
+
+    def start_and_stop() -> str:
+        port = free_port()
+        with subprocess.Popen(
+            [sys.executable, "-m", "keel", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=keel_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as process:
+            try:
+                wait_until_up(process, f"http://127.0.0.1:{port}/healthz")
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=10)
+                return process.stdout.read() if process.stdout else ""
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+
+    output = start_and_stop()
+    links = [line.strip() for line in output.splitlines() if "/setup#token=" in line]
+    assert len(links) == 1, output
+    token = links[0].split("#token=")[1]
+    assert not any(token in line for line in output.splitlines() if line.startswith("{"))
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keel",
+            "user",
+            "create",
+            "--email",
+            "o@example.com",
+            "--password-stdin",
+        ],
+        cwd=tmp_path,
+        env=keel_env(),
+        input="correct horse battery staple\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "/setup#token=" not in start_and_stop()

@@ -86,6 +86,17 @@ def serve(
     configure_logging(config)
     logger = get_logger("keel.cli")
     run(_preflight(config))
+    base_url = config.public_url or f"http://{_url_host(config.host)}:{config.port}"
+    link = run(_first_setup_link(config, base_url))
+    if link is not None:
+        # Straight to the terminal, not the structured log: log files and aggregators must
+        # never hold the one-time secret.
+        err.print(
+            "\nNo account exists yet. Create the first one (the link works once, for 1 hour):"
+            f"\n  {link}\n",
+            markup=False,
+            highlight=False,
+        )
     if not config.bind_is_loopback and not config.is_https:
         logger.warning(
             "listening on a non-loopback address without HTTPS",
@@ -139,6 +150,17 @@ async def _preflight(config: Config) -> None:
     db = Database(config)
     try:
         await prepare(db, auto_migrate=config.should_auto_migrate, locations=_locations())
+    finally:
+        await db.dispose()
+
+
+async def _first_setup_link(config: Config, base_url: str) -> str | None:
+    from keel.core.database import Database
+    from keel.identity.setup import setup_link
+
+    db = Database(config)
+    try:
+        return await setup_link(db, base_url)
     finally:
         await db.dispose()
 

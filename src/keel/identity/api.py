@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keel.core.errors import NotFound, problem_responses
 from keel.identity.middleware import session_cookie_name, session_token
 from keel.identity.models import User
 from keel.identity.principal import Principal, require_user
-from keel.identity.schemas import LoginRequest, LoginResponse, SessionOut, UserOut
+from keel.identity.schemas import (
+    LoginRequest,
+    LoginResponse,
+    SessionOut,
+    SetupRequest,
+    UserOut,
+)
+from keel.identity.service import prepare_password
 from keel.identity.sessions import (
     BrowserSession,
     create_session,
     list_sessions,
     revoke_session,
 )
+from keel.identity.setup import complete_setup
 from keel.identity.throttle import login
 
 if TYPE_CHECKING:
     from keel.app import Keel
 
-__all__ = ["auth_router"]
+__all__ = ["auth_router", "setup_page_router"]
 
 User_ = Annotated[Principal, Depends(require_user)]
 
@@ -44,6 +55,26 @@ def _session_out(row: BrowserSession, current_id: str | None) -> SessionOut:
     )
 
 
+_templates = Environment(
+    loader=FileSystemLoader(
+        [Path(__file__).with_name("templates"), Path(__file__).parent.parent / "core" / "templates"]
+    ),
+    autoescape=select_autoescape(default=True),
+)
+
+
+def setup_page_router() -> APIRouter:
+    """The page the setup link opens (`/setup#token=…`)."""
+    router = APIRouter()
+    page = _templates.get_template("setup.html")
+
+    @router.get("/setup", include_in_schema=False, response_class=HTMLResponse)
+    async def setup_page() -> HTMLResponse:
+        return HTMLResponse(page.render(), headers={"Cache-Control": "no-store"})
+
+    return router
+
+
 def auth_router(keel: Keel) -> APIRouter:
     """Routes under /api/v1/auth."""
     router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
@@ -51,15 +82,8 @@ def auth_router(keel: Keel) -> APIRouter:
     cookie = session_cookie_name(https)
     lifetime = timedelta(hours=keel.config.session_max_hours)
 
-    @router.post(
-        "/session",
-        status_code=status.HTTP_201_CREATED,
-        summary="Sign in: start a browser session (sets the session cookie)",
-        responses=problem_responses(401, 429),
-    )
-    async def sign_in(body: LoginRequest, request: Request, response: Response) -> LoginResponse:
+    async def start_session(request: Request, response: Response, user: User) -> LoginResponse:
         client_ip = request.client.host if request.client else None
-        user = await login(keel.db, email=body.email, password=body.password, client_ip=client_ip)
         async with keel.db.transaction() as session:
             issued = await create_session(
                 session,
@@ -84,6 +108,37 @@ def auth_router(keel: Keel) -> APIRouter:
             session=_session_out(issued.row, issued.row.id),
             csrf_token=issued.csrf_token,
         )
+
+    @router.post(
+        "/setup",
+        status_code=status.HTTP_201_CREATED,
+        summary="Create the first account with the one-time setup link's token (signs in)",
+        responses=problem_responses(403, 409),
+    )
+    async def first_owner(
+        body: SetupRequest, request: Request, response: Response
+    ) -> LoginResponse:
+        password_hash = await prepare_password(body.password, email=body.email)
+        async with keel.db.transaction() as session:
+            user = await complete_setup(
+                session,
+                token=body.token,
+                email=body.email,
+                password_hash=password_hash,
+                display_name=body.display_name,
+            )
+        return await start_session(request, response, user)
+
+    @router.post(
+        "/session",
+        status_code=status.HTTP_201_CREATED,
+        summary="Sign in: start a browser session (sets the session cookie)",
+        responses=problem_responses(401, 429),
+    )
+    async def sign_in(body: LoginRequest, request: Request, response: Response) -> LoginResponse:
+        client_ip = request.client.host if request.client else None
+        user = await login(keel.db, email=body.email, password=body.password, client_ip=client_ip)
+        return await start_session(request, response, user)
 
     @router.get("/session", summary="The current session and its CSRF token")
     async def current(principal: User_, response: Response) -> dict[str, object]:

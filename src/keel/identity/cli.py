@@ -30,6 +30,7 @@ from keel.core.migrate import prepare
 from keel.identity.models import User
 from keel.identity.passwords import PasswordRejected, check_policy
 from keel.identity.service import create_user, disable_user, list_users, prepare_password
+from keel.identity.setup import setup_link
 from keel.identity.throttle import unlock
 
 __all__ = ["user_cli"]
@@ -75,123 +76,152 @@ def _read_password(from_stdin: bool, email: str) -> str:
         return password
 
 
+group = typer.Typer(help="Manage users.", no_args_is_help=True)
+
+
+@group.command("create")
+def create(
+    email: Annotated[str, typer.Option(help="The user's email (their sign-in name).")],
+    display_name: Annotated[
+        str | None, typer.Option(help="Name shown in the console (default: from email).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create an active user with a password (asked for, never an argument)."""
+    config = load_config(data_dir=data_dir)
+    password = _read_password(password_stdin, email)
+    password_hash = run(prepare_password(password, email=email))
+
+    async def work(session: AsyncSession) -> dict[str, object]:
+        user = await create_user(
+            session, email=email, password_hash=password_hash, display_name=display_name
+        )
+        return _user_data(user)
+
+    data = run(_in_transaction(config, work))
+    if as_json:
+        print_json(data)
+    else:
+        out.print(f"Created user {data['email']} ({data['id']}).", highlight=False, markup=False)
+
+
+@group.command("list")
+def list_(
+    status: Annotated[
+        str | None, typer.Option(help="Only users with this status: active or disabled.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
+    after: Annotated[
+        str | None, typer.Option(help="Continue after this user id (next page).")
+    ] = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List users in creation order."""
+    config = load_config(data_dir=data_dir)
+
+    async def work(session: AsyncSession) -> list[dict[str, object]]:
+        users = await list_users(session, status=status, limit=limit, after=after)
+        return [_user_data(user) for user in users]
+
+    rows = run(_in_transaction(config, work))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("No users.")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("email", "display name", "status", "created", "last login", "id"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            escape(str(row["email"])),
+            escape(str(row["display_name"])),
+            str(row["status"]),
+            str(row["created_at"])[:19],
+            str(row["last_login_at"] or "never")[:19],
+            str(row["id"]),
+        )
+    out.print(table)
+    if len(rows) == limit:
+        out.print(f"More may follow: --after {rows[-1]['id']}", highlight=False, markup=False)
+
+
+@group.command("disable")
+def disable(
+    email: Annotated[str, typer.Argument(help="Email of the user to disable.")],
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Disable a user: they can no longer sign in. Their data stays."""
+    config = load_config(data_dir=data_dir)
+
+    async def work(session: AsyncSession) -> dict[str, object]:
+        return _user_data(await disable_user(session, email))
+
+    data = run(_in_transaction(config, work))
+    if as_json:
+        print_json(data)
+    else:
+        out.print(f"Disabled {data['email']}.", highlight=False, markup=False)
+
+
+@group.command("setup-link")
+def setup_link_(
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="Where Keel is reached [default: KEEL_PUBLIC_URL or host:port]."),
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Print a new one-time link to create the first account (only while there is none)."""
+    config = load_config(data_dir=data_dir)
+    url = base_url or config.public_url or f"http://{config.host}:{config.port}"
+
+    async def work() -> str | None:
+        db = Database(config)
+        try:
+            await prepare(db, auto_migrate=config.should_auto_migrate)
+            return await setup_link(db, url)
+        finally:
+            await db.dispose()
+
+    link = run(work())
+    if link is None:
+        fail("accounts already exist", hint="sign in, or `keel user create` another one")
+    out.print(link, markup=False, highlight=False)
+
+
+@group.command("unlock")
+def unlock_(
+    email: Annotated[str, typer.Argument(help="Email of the locked-out user.")],
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Lift a login lockout now instead of waiting for it to expire."""
+    config = load_config(data_dir=data_dir)
+
+    async def work(session: AsyncSession) -> bool:
+        return await unlock(session, email)
+
+    was_locked = run(_in_transaction(config, work))
+    if as_json:
+        print_json({"email": email.strip().lower(), "was_locked": was_locked})
+    else:
+        out.print(
+            f"Unlocked {email.strip().lower()}."
+            if was_locked
+            else f"{email.strip().lower()} was not locked.",
+            highlight=False,
+            markup=False,
+        )
+
+
 def user_cli() -> typer.Typer:
     """The `keel user` command group."""
-    group = typer.Typer(help="Manage users.", no_args_is_help=True)
-
-    @group.command("create")
-    def create(
-        email: Annotated[str, typer.Option(help="The user's email (their sign-in name).")],
-        display_name: Annotated[
-            str | None, typer.Option(help="Name shown in the console (default: from email).")
-        ] = None,
-        password_stdin: Annotated[
-            bool, typer.Option("--password-stdin", help="Read the password from stdin.")
-        ] = False,
-        data_dir: DataDirOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        """Create an active user with a password (asked for, never an argument)."""
-        config = load_config(data_dir=data_dir)
-        password = _read_password(password_stdin, email)
-        password_hash = run(prepare_password(password, email=email))
-
-        async def work(session: AsyncSession) -> dict[str, object]:
-            user = await create_user(
-                session, email=email, password_hash=password_hash, display_name=display_name
-            )
-            return _user_data(user)
-
-        data = run(_in_transaction(config, work))
-        if as_json:
-            print_json(data)
-        else:
-            out.print(
-                f"Created user {data['email']} ({data['id']}).", highlight=False, markup=False
-            )
-
-    @group.command("list")
-    def list_(
-        status: Annotated[
-            str | None, typer.Option(help="Only users with this status: active or disabled.")
-        ] = None,
-        limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
-        after: Annotated[
-            str | None, typer.Option(help="Continue after this user id (next page).")
-        ] = None,
-        data_dir: DataDirOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        """List users in creation order."""
-        config = load_config(data_dir=data_dir)
-
-        async def work(session: AsyncSession) -> list[dict[str, object]]:
-            users = await list_users(session, status=status, limit=limit, after=after)
-            return [_user_data(user) for user in users]
-
-        rows = run(_in_transaction(config, work))
-        if as_json:
-            print_json(rows)
-            return
-        if not rows:
-            out.print("No users.")
-            return
-        table = Table(box=None, header_style="bold")
-        for column in ("email", "display name", "status", "created", "last login", "id"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(
-                escape(str(row["email"])),
-                escape(str(row["display_name"])),
-                str(row["status"]),
-                str(row["created_at"])[:19],
-                str(row["last_login_at"] or "never")[:19],
-                str(row["id"]),
-            )
-        out.print(table)
-        if len(rows) == limit:
-            out.print(f"More may follow: --after {rows[-1]['id']}", highlight=False, markup=False)
-
-    @group.command("disable")
-    def disable(
-        email: Annotated[str, typer.Argument(help="Email of the user to disable.")],
-        data_dir: DataDirOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        """Disable a user: they can no longer sign in. Their data stays."""
-        config = load_config(data_dir=data_dir)
-
-        async def work(session: AsyncSession) -> dict[str, object]:
-            return _user_data(await disable_user(session, email))
-
-        data = run(_in_transaction(config, work))
-        if as_json:
-            print_json(data)
-        else:
-            out.print(f"Disabled {data['email']}.", highlight=False, markup=False)
-
-    @group.command("unlock")
-    def unlock_(
-        email: Annotated[str, typer.Argument(help="Email of the locked-out user.")],
-        data_dir: DataDirOption = None,
-        as_json: JsonOption = False,
-    ) -> None:
-        """Lift a login lockout now instead of waiting for it to expire."""
-        config = load_config(data_dir=data_dir)
-
-        async def work(session: AsyncSession) -> bool:
-            return await unlock(session, email)
-
-        was_locked = run(_in_transaction(config, work))
-        if as_json:
-            print_json({"email": email.strip().lower(), "was_locked": was_locked})
-        else:
-            out.print(
-                f"Unlocked {email.strip().lower()}."
-                if was_locked
-                else f"{email.strip().lower()} was not locked.",
-                highlight=False,
-                markup=False,
-            )
-
     return group

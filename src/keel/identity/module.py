@@ -9,13 +9,13 @@ __all__ = ["identity_module"]
 
 def identity_module() -> KeelModule:
     """Identity's contributions: session middleware, CSRF, the auth API and `keel user`."""
-    from keel.identity.api import auth_router
+    from keel.identity.api import auth_router, setup_page_router
     from keel.identity.cli import user_cli
     from keel.identity.middleware import CsrfMiddleware, IdentityMiddleware
 
     return KeelModule(
         name="identity",
-        routers=(auth_router,),
+        routers=(auth_router, lambda _keel: setup_page_router()),
         middleware=(
             MiddlewareSpec(
                 Slot.IDENTITY,

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-__all__ = ["LoginRequest", "LoginResponse", "SessionOut", "UserOut"]
+__all__ = ["LoginRequest", "LoginResponse", "SessionOut", "SetupRequest", "UserOut"]
 
 
 class LoginRequest(BaseModel):
@@ -14,6 +14,15 @@ class LoginRequest(BaseModel):
 
     email: str = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=1024)
+
+
+class SetupRequest(BaseModel):
+    """The first account, created with the setup link's token."""
+
+    token: str = Field(min_length=16, max_length=128)
+    email: str = Field(min_length=3, max_length=320)
+    password: str = Field(min_length=1, max_length=1024)
+    display_name: str | None = Field(default=None, max_length=200)
 
 
 class UserOut(BaseModel):

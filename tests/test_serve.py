@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,25 +48,35 @@ def wait_until_up(process: subprocess.Popen[str], url: str, timeout: float = 20)
     pytest.fail("keel serve did not come up in time")
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`keel serve` on a free port in an empty directory (the quick start)."""
+@contextlib.contextmanager
+def running_serve(
+    cwd: Path, env: dict[str, str], probe: str = "/healthz"
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`keel serve` on a free port in `cwd`, up (answering `probe`) until the block ends;
+    killed then if the block did not stop it."""
     port = free_port()
     with subprocess.Popen(
         [sys.executable, "-m", "keel", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=keel_env(KEEL_SHUTDOWN_GRACE="5"),
+        cwd=cwd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     ) as process:
         try:
-            wait_until_up(process, f"http://127.0.0.1:{port}/healthz")
+            wait_until_up(process, f"http://127.0.0.1:{port}{probe}")
             yield process, port
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`keel serve` on a free port in an empty directory (the quick start)."""
+    with running_serve(tmp_path, keel_env(KEEL_SHUTDOWN_GRACE="5")) as running:
+        yield running
 
 
 def test_serve_starts_answers_and_stops_on_sigterm(
@@ -132,22 +143,9 @@ def test_serve_refuses_unmigrated_postgres(postgres_url: str, tmp_path: Path) ->
         timeout=60,
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    with subprocess.Popen(
-        [sys.executable, "-m", "keel", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        try:
-            wait_until_up(process, f"http://127.0.0.1:{port}/readyz")
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=10) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    with running_serve(tmp_path, env, probe="/readyz") as (process, _port):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
 
 
 def test_first_start_prints_a_setup_link_kept_out_of_logs(tmp_path: Path) -> None:
@@ -155,24 +153,10 @@ def test_first_start_prints_a_setup_link_kept_out_of_logs(tmp_path: Path) -> Non
     line); once an account exists it prints none."""
 
     def start_and_stop() -> str:
-        port = free_port()
-        with subprocess.Popen(
-            [sys.executable, "-m", "keel", "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=keel_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        ) as process:
-            try:
-                wait_until_up(process, f"http://127.0.0.1:{port}/healthz")
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=10)
-                return process.stdout.read() if process.stdout else ""
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        with running_serve(tmp_path, keel_env()) as (process, _port):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
+            return process.stdout.read() if process.stdout else ""
 
     output = start_and_stop()
     links = [line.strip() for line in output.splitlines() if "/setup#token=" in line]

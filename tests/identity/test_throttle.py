@@ -107,23 +107,26 @@ async def test_disabled_user_cannot_log_in(db: Database) -> None:
     assert await attempt(db, PASSWORD) == "failed"
 
 
-async def test_parallel_guesses_cannot_exceed_the_limit(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Forty simultaneous guesses get at most 3 password checks; the rest are refused."""
-    checks = 0
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every password check login makes (one entry per check)."""
+    seen: list[str] = []
     real_verify = throttle_module.verify_password
 
     async def counting_verify(password: str, stored: str | None) -> Any:
-        nonlocal checks
-        checks += 1
+        seen.append(password)
         return await real_verify(password, stored)
 
     monkeypatch.setattr(throttle_module, "verify_password", counting_verify)
+    return seen
+
+
+async def test_parallel_guesses_cannot_exceed_the_limit(db: Database, checks: list[str]) -> None:
+    """Forty simultaneous guesses get at most 3 password checks; the rest are refused."""
     results = await asyncio.gather(
         *(attempt(db, f"guess number {i:04d}", ip=f"198.51.100.{i}") for i in range(40))
     )
-    assert checks <= POLICY.account_failures
+    assert len(checks) <= POLICY.account_failures
     assert results.count("throttled") >= 40 - POLICY.account_failures
     assert "ok" not in results
 
@@ -195,18 +198,9 @@ def test_addresses_are_grouped_sensibly() -> None:
 
 
 async def test_parallel_guesses_from_several_processes(
-    config: Config, db: Database, monkeypatch: pytest.MonkeyPatch
+    config: Config, db: Database, checks: list[str]
 ) -> None:
     """The limit holds across processes too (separate engines share only the database)."""
-    checks = 0
-    real_verify = throttle_module.verify_password
-
-    async def counting_verify(password: str, stored: str | None) -> Any:
-        nonlocal checks
-        checks += 1
-        return await real_verify(password, stored)
-
-    monkeypatch.setattr(throttle_module, "verify_password", counting_verify)
     engines = [Database(config) for _ in range(4)]
 
     async def guess(index: int) -> str:
@@ -230,5 +224,5 @@ async def test_parallel_guesses_from_several_processes(
     finally:
         for engine in engines:
             await engine.dispose()
-    assert checks <= POLICY.account_failures
+    assert len(checks) <= POLICY.account_failures
     assert "ok" not in results

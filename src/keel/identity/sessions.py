@@ -7,8 +7,6 @@ new session (and revokes the one the browser brought), so a planted session id i
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.database import Base, UTCDateTime
-from keel.core.ids import new_id
+from keel.core.ids import new_id, new_secret, secret_digest
 from keel.identity.models import User, UserStatus
 
 __all__ = [
@@ -66,10 +64,6 @@ class IssuedSession:
     csrf_token: str
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 async def create_session(
     session: AsyncSession,
     user: User,
@@ -85,15 +79,15 @@ async def create_session(
     if replaces:
         await session.execute(
             update(BrowserSession)
-            .where(BrowserSession.token_hash == _hash(replaces))
+            .where(BrowserSession.token_hash == secret_digest(replaces))
             .where(BrowserSession.revoked_at.is_(None))
             .values(revoked_at=now)
         )
-    token = secrets.token_urlsafe(32)
-    csrf = secrets.token_urlsafe(32)
+    token = new_secret()
+    csrf = new_secret()
     row = BrowserSession(
         id=new_id(),
-        token_hash=_hash(token),
+        token_hash=secret_digest(token),
         csrf_token=csrf,
         user_id=user.id,
         created_at=now,
@@ -121,7 +115,7 @@ async def resolve_session(
         await session.execute(
             select(BrowserSession, User)
             .join(User, User.id == BrowserSession.user_id)
-            .where(BrowserSession.token_hash == _hash(token))
+            .where(BrowserSession.token_hash == secret_digest(token))
         )
     ).first()
     if found is None:

@@ -8,8 +8,6 @@ send to servers, so it does not land in access logs, proxies or Referer headers.
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import String, func, select, update
@@ -18,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.database import Base, Database, UTCDateTime
 from keel.core.errors import Conflict, Forbidden
+from keel.core.ids import new_secret, secret_digest
 from keel.identity.models import User
 from keel.identity.service import create_user
 
@@ -52,10 +51,6 @@ class SetupToken(Base):
     used_by_user_id: Mapped[str | None] = mapped_column(String(36), default=None)
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
 async def issue_setup_token(session: AsyncSession, *, now: datetime | None = None) -> str | None:
     """A new setup token if there are no users yet, else None. Earlier unused tokens die."""
     if await session.scalar(select(func.count()).select_from(User)):
@@ -64,9 +59,9 @@ async def issue_setup_token(session: AsyncSession, *, now: datetime | None = Non
     await session.execute(
         update(SetupToken).where(SetupToken.used_at.is_(None)).values(expires_at=now)
     )
-    token = secrets.token_urlsafe(32)
+    token = new_secret()
     session.add(
-        SetupToken(token_hash=_hash(token), created_at=now, expires_at=now + SETUP_LIFETIME)
+        SetupToken(token_hash=secret_digest(token), created_at=now, expires_at=now + SETUP_LIFETIME)
     )
     return token
 
@@ -89,7 +84,7 @@ async def complete_setup(
 ) -> User:
     """Create the first account with a valid, unused token; the token is spent either way."""
     now = now or datetime.now(UTC)
-    query = select(SetupToken).where(SetupToken.token_hash == _hash(token))
+    query = select(SetupToken).where(SetupToken.token_hash == secret_digest(token))
     bind = session.bind
     if bind is not None and bind.dialect.name == "postgresql":
         query = query.with_for_update()

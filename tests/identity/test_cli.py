@@ -110,11 +110,16 @@ def test_unlock_command(database_url: str, tmp_path: Path) -> None:
             await db.dispose()
 
     asyncio.run(fail_five_times())
+    listed = json.loads(runner.invoke(app, ["user", "list", "--json"]).output)
+    assert listed[0]["locked_until"] is not None, "admins see the lockout"
+    assert "until" in runner.invoke(app, ["user", "list"]).output
     result = runner.invoke(app, ["user", "unlock", "ada@example.com", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"email": "ada@example.com", "was_locked": True}
     again = runner.invoke(app, ["user", "unlock", "ada@example.com", "--json"])
     assert json.loads(again.output)["was_locked"] is False
+    listed = json.loads(runner.invoke(app, ["user", "list", "--json"]).output)
+    assert listed[0]["locked_until"] is None
 
 
 def test_brackets_in_input_are_text_not_markup() -> None:

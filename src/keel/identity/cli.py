@@ -31,7 +31,7 @@ from keel.identity.models import User
 from keel.identity.passwords import PasswordRejected, check_policy
 from keel.identity.service import create_user, disable_user, list_users, prepare_password
 from keel.identity.setup import setup_link
-from keel.identity.throttle import unlock
+from keel.identity.throttle import account_locks, unlock
 
 __all__ = ["user_cli"]
 
@@ -121,12 +121,19 @@ def list_(
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List users in creation order."""
+    """List users in creation order, with any login lockout in force."""
     config = load_config(data_dir=data_dir)
 
     async def work(session: AsyncSession) -> list[dict[str, object]]:
         users = await list_users(session, status=status, limit=limit, after=after)
-        return [_user_data(user) for user in users]
+        locks = await account_locks(session, [user.email for user in users])
+        return [
+            {
+                **_user_data(user),
+                "locked_until": locks[user.email].isoformat() if user.email in locks else None,
+            }
+            for user in users
+        ]
 
     rows = run(_in_transaction(config, work))
     if as_json:
@@ -136,7 +143,7 @@ def list_(
         out.print("No users.")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("email", "display name", "status", "created", "last login", "id"):
+    for column in ("email", "display name", "status", "created", "last login", "locked", "id"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
@@ -145,6 +152,7 @@ def list_(
             str(row["status"]),
             str(row["created_at"])[:19],
             str(row["last_login_at"] or "never")[:19],
+            f"until {str(row['locked_until'])[11:19]}" if row["locked_until"] else "",
             str(row["id"]),
         )
     out.print(table)

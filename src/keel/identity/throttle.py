@@ -9,6 +9,7 @@ Every attempt is recorded (the audit trail will chain these records once it exis
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,7 @@ __all__ = [
     "LoginPolicy",
     "LoginThrottle",
     "LoginThrottled",
+    "account_locks",
     "address_key",
     "lock_state",
     "login",
@@ -317,3 +319,19 @@ async def lock_state(
     if row is None or row.locked_until is None or row.locked_until <= now:
         return None
     return row.locked_until
+
+
+async def account_locks(
+    session: AsyncSession, emails: Sequence[str], *, now: datetime | None = None
+) -> dict[str, datetime]:
+    """Until when each of these (normalised) emails is locked; unlocked ones are absent."""
+    now = now or datetime.now(UTC)
+    keys = {f"email:{email}": email for email in emails}
+    if not keys:
+        return {}
+    rows = await session.scalars(
+        select(LoginThrottle)
+        .where(LoginThrottle.key.in_(list(keys)))
+        .where(LoginThrottle.locked_until > now)
+    )
+    return {keys[row.key]: row.locked_until for row in rows if row.locked_until is not None}

@@ -128,3 +128,16 @@ def test_brackets_in_input_are_text_not_markup() -> None:
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     assert "[/]x[bold]@example.com" in result.output
+
+
+def test_sign_out_command_for_unknown_and_known_users() -> None:
+    """`keel user sign-out` ends a user's sessions (none yet here) and refuses unknown users."""
+    runner.invoke(
+        app, ["user", "create", "--email", "ada@example.com", "--password-stdin"], input=PASSWORD
+    )
+    result = runner.invoke(app, ["user", "sign-out", "ada@example.com", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"email": "ada@example.com", "sessions_ended": 0}
+    missing = runner.invoke(app, ["user", "sign-out", "ghost@example.com"])
+    assert missing.exit_code == 1
+    assert "no user with email ghost@example.com" in missing.output

@@ -200,3 +200,29 @@ async def test_only_a_hash_of_the_token_is_stored(
         stored = (await session.scalars(select(BrowserSession.token_hash))).all()
     assert token not in stored
     assert all(len(value) == 64 for value in stored)
+
+
+async def test_sign_out_everywhere_and_disable_end_sessions(
+    browser: Callable[[], httpx.AsyncClient], auth_app: tuple[FastAPI, Keel]
+) -> None:
+    """An admin can end all of a user's sessions; disabling a user ends them too."""
+    from keel.identity.service import disable_user, sign_out_everywhere
+
+    keel = auth_app[1]
+    async with browser() as laptop, browser() as phone, browser() as bob:
+        await sign_in(laptop)
+        await sign_in(phone)
+        await sign_in(bob, "bob@example.com")
+        async with keel.db.transaction() as session:
+            assert await sign_out_everywhere(session, "ada@example.com") == 2
+        assert_problem(await laptop.get("/api/v1/auth/session"), 401)
+        assert_problem(await phone.get("/api/v1/auth/session"), 401)
+        assert (await bob.get("/api/v1/auth/session")).status_code == 200
+        async with keel.db.transaction() as session:
+            await disable_user(session, "bob@example.com")
+        assert_problem(await bob.get("/api/v1/auth/session"), 401)
+    async with keel.db.session() as session:
+        live = (
+            await session.scalars(select(BrowserSession).where(BrowserSession.revoked_at.is_(None)))
+        ).all()
+    assert live == []

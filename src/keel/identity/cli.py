@@ -29,7 +29,13 @@ from keel.core.database import Database
 from keel.core.migrate import prepare
 from keel.identity.models import User
 from keel.identity.passwords import PasswordRejected, check_policy
-from keel.identity.service import create_user, disable_user, list_users, prepare_password
+from keel.identity.service import (
+    create_user,
+    disable_user,
+    list_users,
+    prepare_password,
+    sign_out_everywhere,
+)
 from keel.identity.setup import setup_link
 from keel.identity.throttle import account_locks, unlock
 
@@ -203,6 +209,25 @@ def setup_link_(
     if link is None:
         fail("accounts already exist", hint="sign in, or `keel user create` another one")
     out.print(link, markup=False, highlight=False)
+
+
+@group.command("sign-out")
+def sign_out(
+    email: Annotated[str, typer.Argument(help="Email of the user to sign out everywhere.")],
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """End every browser session of a user (lost laptop, leaked cookie)."""
+    config = load_config(data_dir=data_dir)
+
+    async def work(session: AsyncSession) -> int:
+        return await sign_out_everywhere(session, email)
+
+    ended = run(_in_transaction(config, work))
+    if as_json:
+        print_json({"email": email.strip().lower(), "sessions_ended": ended})
+    else:
+        out.print(f"Ended {ended} session(s) of {email.strip().lower()}.", markup=False)
 
 
 @group.command("unlock")

@@ -19,6 +19,7 @@ from keel.core.errors import Conflict, NotFound, ValidationFailed
 from keel.core.ids import new_id
 from keel.identity.models import User, UserStatus
 from keel.identity.passwords import check_policy, hash_password
+from keel.identity.sessions import revoke_all_sessions
 
 __all__ = [
     "create_user",
@@ -27,6 +28,7 @@ __all__ = [
     "list_users",
     "normalize_email",
     "prepare_password",
+    "sign_out_everywhere",
 ]
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -113,11 +115,21 @@ async def list_users(
 
 
 async def disable_user(session: AsyncSession, email: str) -> User:
-    """Disable the user: it can no longer sign in. Disabling twice is not an error."""
+    """Disable the user: it can no longer sign in, and its sessions end. Disabling twice is
+    not an error."""
     user = await get_user_by_email(session, email)
     if user is None:
         raise NotFound(f"no user with email {normalize_email(email)}")
     if user.status != UserStatus.DISABLED:
         user.status = UserStatus.DISABLED
         user.updated_at = datetime.now(UTC)
+    await revoke_all_sessions(session, user.id)
     return user
+
+
+async def sign_out_everywhere(session: AsyncSession, email: str) -> int:
+    """End every session of the user (a lost laptop, a leaked cookie). Returns how many."""
+    user = await get_user_by_email(session, email)
+    if user is None:
+        raise NotFound(f"no user with email {normalize_email(email)}")
+    return await revoke_all_sessions(session, user.id)

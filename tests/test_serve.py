@@ -183,3 +183,24 @@ def test_first_start_prints_a_setup_link_kept_out_of_logs(tmp_path: Path) -> Non
     )
     assert created.returncode == 0, created.stderr
     assert "/setup#token=" not in start_and_stop()
+
+
+def test_port_in_use_is_one_line_before_anything_happens(tmp_path: Path) -> None:
+    """A taken port fails at once with a hint; nothing is migrated and no setup link issued."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "keel", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=keel_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"keel: error: 127.0.0.1:{port} is already in use" in result.stderr
+    assert "--port" in result.stderr
+    assert "setup#token" not in result.stderr + result.stdout
+    assert not (tmp_path / ".keel").exists()

@@ -7,7 +7,9 @@ the problem (and a hint) on stderr and exits non-zero; never a stack trace for a
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +87,7 @@ def serve(
     config = load_config(host=host, port=port, data_dir=data_dir, log_level=log_level)
     configure_logging(config)
     logger = get_logger("keel.cli")
+    _require_free_port(config.host, config.port)
     run(_preflight(config))
     base_url = config.public_url or f"http://{_url_host(config.host)}:{config.port}"
     link = run(_first_setup_link(config, base_url))
@@ -132,6 +135,27 @@ def serve(
     server.run()
     if not server.started:
         fail("the server did not start (see the log above)", code=3)
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Fail in one line, before migrating or printing a setup link, if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host.strip("[]"), port))
+        except PermissionError:
+            fail(
+                f"not allowed to listen on {host}:{port}",
+                hint="ports below 1024 need privileges; use --port 8000 behind a proxy",
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                fail(
+                    f"{host}:{port} is already in use",
+                    hint="stop the process using it, or pick another port with --port",
+                )
+            fail(f"cannot listen on {host}:{port}: {exc.strerror}", hint="check --host")
 
 
 def _ignore_signal(_signum: int, _frame: Any) -> None:

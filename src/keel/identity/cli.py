@@ -33,6 +33,7 @@ from keel.identity.service import (
     create_user,
     disable_user,
     list_users,
+    normalize_email,
     prepare_password,
     sign_out_everywhere,
 )
@@ -224,10 +225,11 @@ def sign_out(
         return await sign_out_everywhere(session, email)
 
     ended = run(_in_transaction(config, work))
+    address = normalize_email(email)
     if as_json:
-        print_json({"email": email.strip().lower(), "sessions_ended": ended})
+        print_json({"email": address, "sessions_ended": ended})
     else:
-        out.print(f"Ended {ended} session(s) of {email.strip().lower()}.", markup=False)
+        out.print(f"Ended {ended} session(s) of {address}.", markup=False)
 
 
 @group.command("unlock")
@@ -243,13 +245,12 @@ def unlock_(
         return await unlock(session, email)
 
     was_locked = run(_in_transaction(config, work))
+    address = normalize_email(email)
     if as_json:
-        print_json({"email": email.strip().lower(), "was_locked": was_locked})
+        print_json({"email": address, "was_locked": was_locked})
     else:
         out.print(
-            f"Unlocked {email.strip().lower()}."
-            if was_locked
-            else f"{email.strip().lower()} was not locked.",
+            f"Unlocked {address}." if was_locked else f"{address} was not locked.",
             highlight=False,
             markup=False,
         )

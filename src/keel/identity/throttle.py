@@ -212,7 +212,7 @@ async def login(
         address = normalize_email(email)
     except ValidationFailed:
         address = email.strip().lower()[:320]
-    account_key, ip_key = f"email:{address}", address_key(client_ip)
+    account_key, ip_key = _key_for(address), address_key(client_ip)
 
     async with db.transaction() as session:
         claim = await _claim_attempt(
@@ -296,8 +296,12 @@ def _attempt(
     )
 
 
+def _key_for(address: str) -> str:
+    return f"email:{address}"
+
+
 def _account_key(email: str) -> str:
-    return f"email:{normalize_email(email)}"
+    return _key_for(normalize_email(email))
 
 
 async def unlock(session: AsyncSession, email: str) -> bool:
@@ -326,7 +330,7 @@ async def account_locks(
 ) -> dict[str, datetime]:
     """Until when each of these (normalised) emails is locked; unlocked ones are absent."""
     now = now or datetime.now(UTC)
-    keys = {f"email:{email}": email for email in emails}
+    keys = {_key_for(email): email for email in emails}
     if not keys:
         return {}
     rows = await session.scalars(

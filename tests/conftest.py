@@ -32,6 +32,7 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REQUIRE_SERVICES = os.environ.get("KEEL_TEST_REQUIRE_SERVICES") == "1"
+TEST_MASTER_KEY = "a2VlbC10ZXN0LW1hc3Rlci1rZXktMzItYnl0ZXMhISE"  # 32 bytes, base64url
 
 
 @pytest.fixture(autouse=True)
@@ -143,6 +144,9 @@ def make_config(tmp_path: Path, database_url: str) -> Callable[..., Config]:
             "auto_migrate": True,
             "log_format": "json",
         }
+        if database_url.startswith("postgresql"):
+            # PostgreSQL deployments must bring their master key (SQLite makes a file).
+            values["master_key"] = TEST_MASTER_KEY
         values.update(overrides)
         return Config(**values)
 

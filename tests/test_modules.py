@@ -100,6 +100,7 @@ def test_middleware_order_follows_slots(config: Config) -> None:
         "ErrorsMiddleware",
         "MetricsMiddleware",
         "IdentityMiddleware",
+        "RateLimitMiddleware",
         "CsrfMiddleware",
         "StampMiddleware",
     ]

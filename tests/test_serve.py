@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import TEST_MASTER_KEY
+
 pytestmark = pytest.mark.slow
 
 
@@ -118,10 +120,22 @@ def test_in_flight_request_finishes_after_sigint(
 
 
 def test_serve_refuses_unmigrated_postgres(postgres_url: str, tmp_path: Path) -> None:
-    """On an empty PostgreSQL database, serve exits 1 with a one-line hint; after
-    `keel db upgrade` it starts."""
+    """On PostgreSQL without a master key, or on an empty database, serve exits 1 with a
+    one-line hint; with the key and after `keel db upgrade` it starts."""
     env = keel_env(KEEL_DATABASE_URL=postgres_url)
     port = free_port()
+    keyless = subprocess.run(
+        [sys.executable, "-m", "keel", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert keyless.returncode == 1
+    assert "keel: error: no master key" in keyless.stderr
+    assert "Traceback" not in keyless.stderr + keyless.stdout
+    env["KEEL_MASTER_KEY"] = TEST_MASTER_KEY
     refused = subprocess.run(
         [sys.executable, "-m", "keel", "serve", "--port", str(port)],
         cwd=tmp_path,

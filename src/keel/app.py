@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.middleware import Middleware
@@ -30,6 +30,7 @@ from keel.core.errors import (
     install_exception_handlers,
     problem_responses,
 )
+from keel.core.guards import public
 from keel.core.ids import new_id
 from keel.core.keyring import Keyring, load_master_key
 from keel.core.migrate import migration_state, prepare
@@ -77,8 +78,9 @@ def _core_module() -> KeelModule:
 def builtin_modules() -> list[KeelModule]:
     """Keel's own modules after the core, in dependency order (DESIGN.md)."""
     from keel.identity.module import identity_module
+    from keel.protection.module import protection_module
 
-    return [identity_module()]
+    return [identity_module(), protection_module()]
 
 
 class Keel:
@@ -102,6 +104,8 @@ class Keel:
         self._keyring: Keyring | None = None
         self._keyring_lock = asyncio.Lock()
         self._kernel_routes: list[Any] = []
+        self.state: dict[str, Any] = {}
+        """Per-kernel runtime objects modules keep (e.g. identity's key and revocation caches)."""
 
     # --- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -257,7 +261,13 @@ class Keel:
                 # async on purpose: collection reads counters the event loop writes
                 return metrics_endpoint(self.metrics_registry)
 
-            app.add_api_route("/metrics", metrics, include_in_schema=False, methods=["GET"])
+            app.add_api_route(
+                "/metrics",
+                metrics,
+                include_in_schema=False,
+                methods=["GET"],
+                dependencies=[Depends(public)],
+            )
         for router in self.routers():
             app.include_router(router)
         self.adopt_routes(app, before)

@@ -167,10 +167,14 @@ def _url_host(host: str) -> str:
 
 
 async def _preflight(config: Config) -> None:
-    """Migrate (SQLite) or check migrations (PostgreSQL) before binding the port."""
+    """Migrate (SQLite) or check migrations (PostgreSQL), and check the master key can be
+    had (token signing keys need it), before binding the port."""
     from keel.core.database import Database
+    from keel.core.keyring import load_master_key
     from keel.core.migrate import prepare
 
+    if config.dialect == "postgresql":
+        load_master_key(config)  # raises a one-line StartupError with its hint
     db = Database(config)
     try:
         await prepare(db, auto_migrate=config.should_auto_migrate, locations=_locations())
@@ -298,30 +302,66 @@ app.add_typer(keys_app, name="keys")
 
 
 @keys_app.command("rotate")
-def keys_rotate(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
-    """Make a new data key current. Data sealed with older keys stays readable."""
+def keys_rotate(
+    only: Annotated[
+        str | None,
+        typer.Option(help="Rotate only `data` keys or only token `signing` keys."),
+    ] = None,
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Make new keys current: the data key (data sealed with older keys stays readable) and
+    the token signing key (tokens it signed stay valid until they expire)."""
+    from datetime import timedelta
+
     from keel.core.database import Database
     from keel.core.keyring import Keyring, load_master_key
     from keel.core.migrate import prepare
+    from keel.identity.tokens import SigningKeys
 
+    if only not in (None, "data", "signing"):
+        fail(f"--only must be data or signing, not {only!r}")
     config = load_config(data_dir=data_dir)
 
-    async def _go() -> tuple[str, int]:
+    async def _go() -> dict[str, object]:
         db = Database(config)
         try:
             await prepare(db, auto_migrate=config.should_auto_migrate, locations=_locations())
             keyring = Keyring(load_master_key(config))
             await keyring.load(db)
-            key_id = await keyring.rotate(db)
-            return key_id, len(keyring.key_ids)
+            result: dict[str, object] = {}
+            if only in (None, "data"):
+                result["data_key"] = await keyring.rotate(db)
+                result["data_keys"] = len(keyring.key_ids)
+
+            async def ring() -> Keyring:
+                return keyring
+
+            if only in (None, "signing"):
+                window = timedelta(
+                    minutes=config.access_token_minutes, seconds=config.jwt_leeway_seconds
+                )
+                signing = SigningKeys(db, keyring=ring, window=window)
+                result["signing_key"] = await signing.rotate()
+                result["published_signing_keys"] = len(signing.public)
+            return result
         finally:
             await db.dispose()
 
-    key_id, known = run(_go())
+    result = run(_go())
     if as_json:
-        print_json({"current": key_id, "keys": known})
-    else:
-        out.print(f"New data key {key_id} is current ({known} keys in the keyring).")
+        print_json(result)
+        return
+    if "data_key" in result:
+        out.print(
+            f"New data key {result['data_key']} is current "
+            f"({result['data_keys']} keys in the keyring)."
+        )
+    if "signing_key" in result:
+        out.print(
+            f"New signing key {result['signing_key']} signs tokens from now on "
+            f"({result['published_signing_keys']} published in the JWKS)."
+        )
 
 
 # --- keel doctor -----------------------------------------------------------------------------
@@ -360,5 +400,6 @@ def main() -> None:
     except KeelError as exc:
         err.print(f"[bold red]keel: error:[/] {exc.detail}", highlight=False)
         sys.exit(1)
-    add_module_commands([(m.cli_name or m.name, m.cli) for m in modules if m.cli is not None])
+    commands = [(m.cli_name or m.name, m.cli) for m in modules if m.cli is not None]
+    add_module_commands([*commands, *(group for m in modules for group in m.more_cli)])
     app()

@@ -115,7 +115,7 @@ def test_malformed_master_key_is_refused(tmp_path: Path, value: str) -> None:
 def test_keys_rotate_command(
     monkeypatch: pytest.MonkeyPatch, make_config: Callable[..., Config]
 ) -> None:
-    """`keel keys rotate` makes a new key current and keeps the old ones."""
+    """`keel keys rotate` makes a new data key and signing key current and keeps the old."""
     import json
 
     from keel.cli import app
@@ -128,8 +128,13 @@ def test_keys_rotate_command(
     runner = CliRunner()
     first = json.loads(runner.invoke(app, ["keys", "rotate", "--json"]).output)
     second = json.loads(runner.invoke(app, ["keys", "rotate", "--json"]).output)
-    assert first["current"] != second["current"]
-    assert second["keys"] == 3  # the first key made on load, then two rotations
+    assert first["data_key"] != second["data_key"]
+    assert second["data_keys"] == 3  # the first key made on load, then two rotations
+    assert first["signing_key"] != second["signing_key"]
+    # The key retired just now is still published: tokens it signed have not expired yet.
+    assert second["published_signing_keys"] == 2
+    only = json.loads(runner.invoke(app, ["keys", "rotate", "--only", "signing", "--json"]).output)
+    assert set(only) == {"signing_key", "published_signing_keys"}
 
 
 async def test_a_key_rotated_by_another_process_is_picked_up(

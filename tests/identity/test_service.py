@@ -125,7 +125,7 @@ async def test_list_pages_by_keyset(db: Database) -> None:
     async with db.transaction() as session:
         for index in range(5):
             await create_user(session, email=f"user{index}@example.com", password_hash=None)
-        await disable_user(session, "user3@example.com")
+        await disable_user(session, "user3@example.com", config=db.config)
     async with db.session() as session:
         first = await list_users(session, limit=2)
         rest = await list_users(session, limit=10, after=first[-1].id)
@@ -140,4 +140,4 @@ async def test_disable_unknown_user_is_not_found(db: Database) -> None:
     """Disabling a user that does not exist is a 404-class error."""
     with pytest.raises(NotFound):
         async with db.transaction() as session:
-            await disable_user(session, "ghost@example.com")
+            await disable_user(session, "ghost@example.com", config=db.config)

@@ -214,12 +214,12 @@ async def test_sign_out_everywhere_and_disable_end_sessions(
         await sign_in(phone)
         await sign_in(bob, "bob@example.com")
         async with keel.db.transaction() as session:
-            assert await sign_out_everywhere(session, "ada@example.com") == 2
+            assert await sign_out_everywhere(session, "ada@example.com", config=keel.config) == 2
         assert_problem(await laptop.get("/api/v1/auth/session"), 401)
         assert_problem(await phone.get("/api/v1/auth/session"), 401)
         assert (await bob.get("/api/v1/auth/session")).status_code == 200
         async with keel.db.transaction() as session:
-            await disable_user(session, "bob@example.com")
+            await disable_user(session, "bob@example.com", config=keel.config)
         assert_problem(await bob.get("/api/v1/auth/session"), 401)
     async with keel.db.session() as session:
         live = (

@@ -103,7 +103,7 @@ async def test_unknown_emails_lock_like_real_ones(db: Database) -> None:
 async def test_disabled_user_cannot_log_in(db: Database) -> None:
     """A disabled account answers like a wrong password."""
     async with db.transaction() as session:
-        await disable_user(session, "ada@example.com")
+        await disable_user(session, "ada@example.com", config=db.config)
     assert await attempt(db, PASSWORD) == "failed"
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from keel import Config, Keel, create_app
 from keel.core.errors import StartupError
-from tests.conftest import POSTGRES_URL, client_for, postgres_problem, require
+from tests.conftest import POSTGRES_URL, TEST_MASTER_KEY, client_for, postgres_problem, require
 
 
 async def test_healthz_answers(client: httpx.AsyncClient) -> None:
@@ -138,7 +138,13 @@ async def test_readyz_503_when_postgres_stops(
     """When the database server goes away, readiness fails fast, naming `database`."""
     assert "127.0.0.1:5432" in POSTGRES_URL
     url, proxy = proxied_postgres
-    config = Config(database_url=url, auto_migrate=True, data_dir=tmp_path, database_timeout=1.0)
+    config = Config(
+        database_url=url,
+        auto_migrate=True,
+        data_dir=tmp_path,
+        database_timeout=1.0,
+        master_key=TEST_MASTER_KEY,
+    )
     application = create_app(config, configure_logs=False)
     async with LifespanManager(application), client_for(application) as http:
         assert (await http.get("/readyz")).status_code == 200

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from keel._version import __version__
+from keel.core.guards import public
 
 if TYPE_CHECKING:
     from keel.app import Keel
@@ -50,7 +51,12 @@ def install_pages(app: FastAPI, keel: Keel, *, api_prefix: str) -> None:
     docs = _templates.get_template("docs.html")
     openapi_url = app.openapi_url or f"{api_prefix}/openapi.json"
 
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
+    @app.get(
+        "/",
+        include_in_schema=False,
+        response_class=HTMLResponse,
+        dependencies=[Depends(public)],
+    )
     async def landing_page(request: Request) -> HTMLResponse:
         html = landing.render(
             version=__version__,
@@ -68,6 +74,11 @@ def install_pages(app: FastAPI, keel: Keel, *, api_prefix: str) -> None:
 
     if keel.config.docs_enabled:
 
-        @app.get(f"{api_prefix}/docs", include_in_schema=False, response_class=HTMLResponse)
+        @app.get(
+            f"{api_prefix}/docs",
+            include_in_schema=False,
+            response_class=HTMLResponse,
+            dependencies=[Depends(public)],
+        )
         async def api_reference() -> HTMLResponse:
             return HTMLResponse(docs.render(version=__version__, openapi_url=openapi_url))

@@ -165,6 +165,103 @@ class Config(BaseSettings):
         default=24, ge=1, le=8760, description="A browser session ends this long after login."
     )
 
+    # --- rate limits ---
+    rate_limit_enabled: bool = Field(
+        default=True, description="Apply rate limits (docs/rate-limits.md)."
+    )
+    rate_limit_default: str = Field(
+        default="100/minute",
+        description=(
+            "Requests per caller (principal, else client address) to paths under `/api/`: "
+            "`100/minute`, `10 per 5 seconds`, or `unlimited`."
+        ),
+    )
+    rate_limit_login: str = Field(
+        default="10/minute",
+        description=(
+            "Sign-in requests (`POST /api/v1/auth/session`, `…/token`, `…/setup`) per client "
+            "address, whoever is signed in."
+        ),
+    )
+    rate_limits: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            'Per-route limits replacing the default, e.g. `{"POST /api/v1/things": '
+            '"10/minute"}`: method optional, a trailing `*` matches a path prefix. JSON in '
+            "the environment, a table in keel.toml."
+        ),
+    )
+    rate_limit_tenants: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            'Per-tenant default limit for each caller of that tenant, e.g. `{"<tenant id>": '
+            '"1000/minute"}`.'
+        ),
+    )
+
+    @staticmethod
+    def _rate(value: str, where: str = "") -> str:
+        from limits import parse_many
+
+        text = value.strip().lower()
+        if text == "unlimited":
+            return text
+        try:
+            items = parse_many(text)
+        except ValueError:
+            items = []
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError(
+                f"{value!r}{where} is not a rate like 100/minute, 10 per 5 seconds or unlimited"
+            )
+        return text
+
+    @staticmethod
+    def _json_table(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        import json
+
+        try:
+            return json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError('must be a JSON object like {"POST /api/v1/x": "10/minute"}') from None
+
+    @field_validator("rate_limits", "rate_limit_tenants", mode="before")
+    @classmethod
+    def _rate_tables(cls, value: Any) -> Any:
+        return cls._json_table(value)
+
+    @field_validator("rate_limit_default", "rate_limit_login")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        return cls._rate(value)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _valid_route_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        routes: dict[str, str] = {}
+        for key, rate in value.items():
+            method, _, path = key.strip().rpartition(" ")
+            method = method.strip().upper()
+            if not path.startswith("/") or "*" in path[:-1] or (method and not method.isalpha()):
+                raise ValueError(
+                    f"{key!r} is not a route like 'POST /api/v1/things', '/api/v1/things' "
+                    "or '/api/v1/things/*'"
+                )
+            if path.rstrip("*") in ("/healthz", "/readyz", "/metrics"):
+                raise ValueError(f"{path} is a probe and is never rate limited")
+            routes[f"{method} {path}" if method else path] = cls._rate(rate, f" (for {key!r})")
+        return routes
+
+    @field_validator("rate_limit_tenants")
+    @classmethod
+    def _valid_tenant_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        return {
+            tenant.strip(): cls._rate(rate, f" (for tenant {tenant!r})")
+            for tenant, rate in value.items()
+        }
+
     # --- observability ---------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."
@@ -185,6 +282,21 @@ class Config(BaseSettings):
     docs_enabled: bool = Field(
         default=True, description="Serve the API reference at `/api/v1/docs`."
     )
+
+    # --- tokens ----------------------------------------------------------------------------
+    access_token_minutes: int = Field(
+        default=15, ge=1, le=1440, description="Lifetime of an access token (JWT)."
+    )
+    refresh_token_days: int = Field(
+        default=30, ge=1, le=90, description="A refresh token expires this long after issue."
+    )
+    jwt_leeway_seconds: int = Field(
+        default=30, ge=0, le=300, description="Clock skew tolerated on `exp`, `nbf` and `iat`."
+    )
+    jwt_issuer: str | None = Field(
+        default=None, description="The tokens' `iss`. Empty: the public URL, else `keel`."
+    )
+    jwt_audience: str = Field(default="keel", description="The tokens' `aud`.")
 
     # --- secrets ---------------------------------------------------------------------------
     master_key: SecretStr | None = Field(
@@ -282,6 +394,11 @@ class Config(BaseSettings):
         if self.auto_migrate is not None:
             return self.auto_migrate
         return self.dialect == "sqlite"
+
+    @property
+    def token_issuer(self) -> str:
+        """The `iss` of access tokens."""
+        return self.jwt_issuer or (self.public_url.rstrip("/") if self.public_url else "keel")
 
     @property
     def is_https(self) -> bool:

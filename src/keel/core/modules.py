@@ -26,6 +26,7 @@ __all__ = [
     "KeelModule",
     "LandingLink",
     "MiddlewareSpec",
+    "PermissionSpec",
     "Slot",
     "discover_modules",
     "migration_locations",
@@ -57,6 +58,19 @@ class MiddlewareSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PermissionSpec:
+    """A permission a module owns (`resource:verb`), and the built-in roles holding it.
+
+    `owner` holds every permission whatever this says; `roles` names which of `admin`,
+    `operator` and `viewer` hold it by default.
+    """
+
+    name: str
+    description: str
+    roles: tuple[str, ...] = ("admin",)
+
+
+@dataclass(frozen=True, slots=True)
 class LandingLink:
     """A link the landing page shows (e.g. the console, the status page)."""
 
@@ -80,7 +94,10 @@ class KeelModule:
     cli: Callable[[], typer.Typer] | None = None
     cli_name: str | None = None
     """The command group's name (`keel <cli_name> …`); default: the module's name."""
+    more_cli: Sequence[tuple[str, Callable[[], typer.Typer]]] = ()
+    """Further command groups, as (name, factory)."""
     landing_links: Sequence[LandingLink] = ()
+    permissions: Sequence[PermissionSpec] = ()
     migrations: Path | None = None
     """A directory of Alembic revisions on the module's own branch (`branch_labels`)."""
 

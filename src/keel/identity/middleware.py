@@ -1,9 +1,9 @@
 """Identity and CSRF middleware (pure ASGI).
 
-Identity resolves the session cookie into a `Principal` (nothing found: anonymous, never an
-error). CSRF then requires, on every unsafe request authenticated by that cookie, an
-`X-CSRF-Token` header equal to the session's token: a page on another site can make the
-browser send the cookie, but cannot read the token to send with it.
+Identity resolves a bearer access token, an API key, a share link or the session cookie into
+a `Principal` (nothing presented: anonymous). CSRF then requires, on every unsafe request
+authenticated by the cookie, an `X-CSRF-Token` header equal to the session's token: a page on
+another site can make the browser send the cookie, but cannot read the token to send with it.
 """
 
 from __future__ import annotations
@@ -11,16 +11,26 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.core.database import Database
 from keel.core.errors import Forbidden
+from keel.identity.access import user_permissions
 from keel.identity.principal import PRINCIPAL_KEY, Principal
 from keel.identity.sessions import needs_touch, resolve_session, touch_session
+from keel.identity.shares import use_share
+from keel.identity.tokens import InvalidToken
+
+if TYPE_CHECKING:
+    from keel.identity.runtime import IdentityRuntime
 
 __all__ = ["CsrfFailed", "CsrfMiddleware", "IdentityMiddleware", "session_cookie_name"]
 
+API_KEY_START = "keel_"
+"""A bearer credential starting with this is an API key, not a JWT (those start `ey`)."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Signing in must work even when the browser still holds a stale or foreign session cookie.
 CSRF_EXEMPT = frozenset({("POST", "/api/v1/auth/session")})
@@ -48,7 +58,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def session_token(scope: Scope, cookie_name: str) -> str | None:
     """The session token the browser sent, if any."""
     raw = _header(scope, b"cookie")
-    if not raw:
+    return _cookie_value(raw, cookie_name) if raw else None
+
+
+def _cookie_value(raw: str, cookie_name: str) -> str | None:
+    if cookie_name not in raw:
         return None
     cookies: SimpleCookie = SimpleCookie()
     try:
@@ -61,36 +75,111 @@ def session_token(scope: Scope, cookie_name: str) -> str | None:
 
 
 class IdentityMiddleware:
-    """Resolve the caller from the session cookie."""
+    """Resolve the caller: bearer token or API key, share link, else the session cookie.
 
-    def __init__(self, app: ASGIApp, *, db: Database, https: bool, idle_minutes: int) -> None:
+    A credential that is presented but invalid is a 401 (the client should know); a stale
+    session cookie is simply anonymous (the browser may hold an old one).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        runtime: IdentityRuntime,
+        db: Database,
+        https: bool,
+        idle_minutes: int,
+    ) -> None:
         self.app = app
+        self.runtime = runtime
         self.db = db
         self.cookie_name = session_cookie_name(https)
         self.idle = timedelta(minutes=idle_minutes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            token = session_token(scope, self.cookie_name)
-            if token is not None:
-                scope[PRINCIPAL_KEY] = await self._principal(token)
+            principal = await self._resolve(scope)
+            if principal is not None:
+                scope[PRINCIPAL_KEY] = principal
         await self.app(scope, receive, send)
 
-    async def _principal(self, token: str) -> Principal | None:
+    async def _resolve(self, scope: Scope) -> Principal | None:
+        authorization = api_key = share = cookie = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value
+            elif key == b"x-api-key":
+                api_key = value
+            elif key == b"x-share-token":
+                share = value
+            elif key == b"cookie":
+                cookie = value
+        if authorization is not None:
+            scheme, _, credential = bytes(authorization).decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not credential.strip():
+                raise InvalidToken("Send `Authorization: Bearer <token>`.")
+            credential = credential.strip()
+            if credential.startswith(API_KEY_START):
+                return await self.runtime.api_keys.resolve(credential)
+            return await self._token_principal(credential)
+        if api_key is not None:
+            return await self.runtime.api_keys.resolve(bytes(api_key).decode("latin-1").strip())
+        if share is not None or b"share=" in scope.get("query_string", b""):
+            return await self._share_principal(scope, share)
+        if cookie is not None:
+            token = _cookie_value(bytes(cookie).decode("latin-1"), self.cookie_name)
+            if token is not None:
+                return await self._session_principal(token)
+        return None
+
+    async def _share_principal(self, scope: Scope, header: bytes | None) -> Principal | None:
+        if header is not None:
+            token = bytes(header).decode("latin-1").strip()
+        else:
+            values = parse_qs(scope["query_string"].decode("latin-1")).get("share")
+            if not values:
+                return None
+            token = values[0]
+        client = scope.get("client")
+        return await use_share(
+            self.db,
+            self.runtime.catalog,
+            token,
+            client_ip=client[0] if client else None,
+            user_agent=_header(scope, b"user-agent"),
+            method=scope["method"],
+            path=scope["path"],
+        )
+
+    async def _token_principal(self, token: str) -> Principal:
+        claims = await self.runtime.verifier.verify(token)
+        return Principal(
+            user_id=claims.sub,
+            via="token",
+            permissions=claims.scope,
+            tenant_id=claims.tid,
+            token_id=claims.jti,
+            token_family=claims.sid,
+        )
+
+    async def _session_principal(self, token: str) -> Principal | None:
         now = datetime.now(UTC)
         async with self.db.session() as session:
             found = await resolve_session(session, token, idle=self.idle, now=now)
-        if found is None:
-            return None
-        row, user = found
+            if found is None:
+                return None
+            row, user = found
+            permissions = await user_permissions(session, self.runtime.catalog, user)
         if needs_touch(row, now=now):
             async with self.db.transaction() as session:
                 await touch_session(session, row.id, now=now)
         return Principal(
             user_id=user.id,
+            via="session",
+            permissions=permissions,
+            tenant_id=user.tenant_id,
             email=user.email,
             display_name=user.display_name,
-            via="session",
             session_id=row.id,
             csrf_token=row.csrf_token,
         )
@@ -106,7 +195,8 @@ class CsrfMiddleware:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             principal = scope.get(PRINCIPAL_KEY)
             exempt = (scope["method"], scope["path"]) in CSRF_EXEMPT
-            if isinstance(principal, Principal) and not exempt:
+            # Only the cookie rides along by itself; a bearer token or key is sent on purpose.
+            if isinstance(principal, Principal) and principal.via == "session" and not exempt:
                 sent = _header(scope, b"x-csrf-token") or ""
                 expected = principal.csrf_token or ""
                 if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from keel.core.database import Base, Database, UTCDateTime
 from keel.core.errors import Conflict, Forbidden
 from keel.core.ids import new_secret, secret_digest
-from keel.identity.models import User
+from keel.identity.models import RoleAssignment, User
 from keel.identity.service import create_user
 
 __all__ = [
@@ -96,6 +96,7 @@ async def complete_setup(
     user = await create_user(
         session, email=email, password_hash=password_hash, display_name=display_name
     )
+    session.add(RoleAssignment(user_id=user.id, role="owner", created_at=now))
     row.used_at = now
     row.used_by_user_id = user.id
     return user

@@ -339,3 +339,33 @@ async def account_locks(
         .where(LoginThrottle.locked_until > now)
     )
     return {keys[row.key]: row.locked_until for row in rows if row.locked_until is not None}
+
+
+async def locks_in_force(
+    session: AsyncSession, *, now: datetime | None = None
+) -> list[tuple[str, str, datetime]]:
+    """Every lock in force: (`account` or `address`, email or address, until when)."""
+    now = now or datetime.now(UTC)
+    rows = await session.scalars(
+        select(LoginThrottle)
+        .where(LoginThrottle.locked_until > now)
+        .order_by(LoginThrottle.locked_until.desc())
+    )
+    found: list[tuple[str, str, datetime]] = []
+    for row in rows:
+        if row.locked_until is None:
+            continue
+        kind, _, value = row.key.partition(":")
+        found.append(("account" if kind == "email" else "address", value, row.locked_until))
+    return found
+
+
+async def unlock_address(session: AsyncSession, client_ip: str) -> bool:
+    """Clear a client address's failures and lock (its /64 for IPv6). True if it was locked."""
+    key = address_key(client_ip.strip())
+    row = await session.get(LoginThrottle, key) if key else None
+    if row is None:
+        return False
+    was_locked = row.locked_until is not None and row.locked_until > datetime.now(UTC)
+    row.failures, row.locked_until = 0, None
+    return was_locked

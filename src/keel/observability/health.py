@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
 from keel._version import __version__
 from keel.core.errors import PROBLEM_CONTENT_TYPE, problem_body
+from keel.core.guards import public
 from keel.observability.logging import get_logger
 
 __all__ = ["CheckFailed", "ReadinessCheck", "health_router", "run_checks"]
@@ -80,7 +81,7 @@ def health_router(
     timeout: float = 3.0,
 ) -> APIRouter:
     """The `/healthz` and `/readyz` routes over the checks `checks()` returns."""
-    router = APIRouter(tags=["health"])
+    router = APIRouter(tags=["health"], dependencies=[Depends(public)])
 
     @router.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, Any]:

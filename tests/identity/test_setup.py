@@ -32,14 +32,17 @@ async def users(db: Database) -> int:
 
 
 async def test_token_works_once(migrated_db: Database) -> None:
-    """A token creates the first account once; a second use is refused."""
+    """A token creates the first account once, as its owner; a second use is refused."""
+    from keel.identity.access import user_roles
+
     async with migrated_db.transaction() as session:
         token = await issue_setup_token(session)
     assert token is not None
     async with migrated_db.transaction() as session:
-        await complete_setup(
+        first = await complete_setup(
             session, token=token, email="owner@example.com", password_hash=await hashed(PASSWORD)
         )
+        assert await user_roles(session, first.id) == ["owner"]
     with pytest.raises(SetupTokenInvalid):
         async with migrated_db.transaction() as session:
             await complete_setup(

@@ -76,6 +76,9 @@ async def create_api_key(
 ) -> tuple[ApiKey, str]:
     """A new key and its plaintext (shown once). `service_tenant_id`: a tenant service key."""
     now = datetime.now(UTC)
+    if expires_at is not None and expires_at.utcoffset() is None:
+        # A time without an offset means nothing on its own (and cannot be compared or stored).
+        raise _field_error("/expires_at", "expires_at needs a time zone (e.g. Z)", "naive")
     if expires_at is not None and expires_at <= now:
         raise _field_error("/expires_at", "expires_at must be in the future", "past")
     wanted = checked_grant(catalog, actor, scopes, field="scopes")
@@ -197,6 +200,7 @@ class ApiKeyResolver:
             entry.last_used_at = now
             async with self.db.transaction() as session:
                 await session.execute(
+                    # unscoped: the key just authenticated records its own use.
                     update(ApiKey).where(ApiKey.id == entry.key_id).values(last_used_at=now)
                 )
         return entry.principal

@@ -71,6 +71,7 @@ def normalize_email(email: str) -> str:
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     """The user with this email (any case), or None."""
+    # unscoped: emails are unique across tenants; callers are the system (login, CLI).
     return await session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
@@ -92,6 +93,7 @@ async def create_user(
     """A new active user with a hash from `prepare_password` (None: no password yet), in
     `tenant_id` (None: a deployment-level account). Roles are given by `set_roles`."""
     address = normalize_email(email)
+    # unscoped: an email is unique across all tenants.
     if await session.scalar(select(User.id).where(User.email == address)) is not None:
         raise Conflict(f"a user with email {address} already exists")
     now = datetime.now(UTC)
@@ -299,6 +301,7 @@ async def create_role(
 
 async def list_roles(session: AsyncSession, actor: Principal | None) -> Sequence[Role]:
     """Custom roles visible to `actor`: its tenant's and the deployment-wide ones."""
+    # unscoped: filtered below: the actor's tenant plus deployment-wide roles.
     query = select(Role).order_by(Role.name, Role.id)
     if actor is not None and actor.tenant_id is not None:
         query = query.where(or_(Role.tenant_id == actor.tenant_id, Role.tenant_id.is_(None)))

@@ -113,6 +113,7 @@ async def resolve_session(
     now = now or datetime.now(UTC)
     found = (
         await session.execute(
+            # unscoped: authentication: the cookie is resolved before any tenant is known.
             select(BrowserSession, User)
             .join(User, User.id == BrowserSession.user_id)
             .where(BrowserSession.token_hash == secret_digest(token))

@@ -183,6 +183,7 @@ async def _claim_attempt(
             network.locked_until = now + min(
                 policy.address_window * (1 << min(over, 10)), policy.max_lock
             )
+    # unscoped: signing in finds the account by its (globally unique) email.
     user = await session.scalar(select(User).where(User.email == address))
     if user is None or user.status != UserStatus.ACTIVE:
         return _Claim()
@@ -232,6 +233,7 @@ async def login(
     async with db.transaction() as session:
         user = None
         if verification.ok and claim.user_id is not None:
+            # unscoped: the account this sign-in attempt claimed.
             query = select(User).where(User.id == claim.user_id)
             if db.dialect == "postgresql":
                 query = query.with_for_update()

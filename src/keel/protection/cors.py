@@ -23,7 +23,10 @@ ALLOWED_REQUEST_HEADERS = frozenset(
         "x-request-id",
     }
 )
-EXPOSED_HEADERS = "traceparent, x-request-id, retry-after, location, etag"
+EXPOSED_HEADERS = (
+    "traceparent, x-request-id, retry-after, location, etag, "
+    "ratelimit-limit, ratelimit-remaining, ratelimit-reset, ratelimit-policy"
+)
 
 
 class CorsPolicy:

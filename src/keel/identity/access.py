@@ -8,18 +8,22 @@ from those declarations, custom roles are rows. A route is guarded by `require(â
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any
 
-from fastapi import Request
-from sqlalchemy import Delete, Select, Update, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.errors import Forbidden, NotFound, StartupError, Unauthenticated, ValidationFailed
-from keel.core.guards import guard_kind, public, register_guard
+from keel.core.errors import StartupError, ValidationFailed
+from keel.core.guards import guard_kind, public
 from keel.core.modules import PermissionSpec
-from keel.identity.models import Role, RoleAssignment, Tenant, User
-from keel.identity.principal import Principal, current_principal, require_user
+from keel.core.principal import (
+    require,
+    require_any,
+    same_tenant,
+    tenant_scope,
+)
+from keel.identity.models import Role, RoleAssignment, User
 
 __all__ = [
     "BUILTIN_ROLES",
@@ -141,77 +145,6 @@ async def user_permissions(session: AsyncSession, catalog: Catalog, user: User) 
         for permissions in rows:
             held |= set(permissions)
     return frozenset(held)
-
-
-# --- route guards --------------------------------------------------------------------------
-
-register_guard(require_user, "signed-in user")
-
-
-def require(
-    permission: str, *, resource: tuple[str, str] | None = None
-) -> Callable[[Request], Awaitable[Principal]]:
-    """A FastAPI dependency that returns the caller if it holds `permission`.
-
-    401 without a principal, 403 without the permission. `resource=(type, path_param)` names
-    the resource the route acts on, which a share link must match (otherwise 404: a link
-    reveals nothing beyond its one resource). Routes without `resource` refuse share links.
-    """
-
-    async def guard(request: Request) -> Principal:
-        principal = current_principal(request)
-        if principal is None:
-            raise Unauthenticated("Sign in first.")
-        if principal.via == "share" and (
-            resource is None
-            or principal.share_resource
-            != (
-                resource[0],
-                request.path_params.get(resource[1]),
-            )
-        ):
-            raise NotFound()
-        if not principal.has(permission):
-            raise Forbidden(f"This needs the {permission} permission.")
-        return principal
-
-    register_guard(guard, permission)
-    return guard
-
-
-def require_any(permissions: Sequence[str]) -> Callable[[Request], Awaitable[Principal]]:
-    """Like `require`, satisfied by any one of `permissions`."""
-
-    async def guard(request: Request) -> Principal:
-        principal = await require_user(request)
-        if not any(principal.has(name) for name in permissions):
-            raise Forbidden(f"This needs one of: {', '.join(permissions)}.")
-        return principal
-
-    register_guard(guard, " | ".join(permissions))
-    return guard
-
-
-# --- tenant scoping ------------------------------------------------------------------------
-
-Q = TypeVar("Q", Select[Any], Update, Delete)
-
-
-def tenant_scope(query: Q, model: type[Any], principal: Principal | None) -> Q:
-    """Confine `query` on a tenant-scoped `model` to the principal's tenant.
-
-    A deployment-level principal (no tenant) sees every tenant; None (the system: CLI, jobs)
-    too. `Tenant` itself is scoped by its id.
-    """
-    if principal is None or principal.tenant_id is None:
-        return query
-    column = Tenant.id if model is Tenant else model.tenant_id
-    return query.where(column == principal.tenant_id)
-
-
-def same_tenant(principal: Principal | None, tenant_id: str | None) -> bool:
-    """Whether a row of `tenant_id` is visible to `principal` (the rule `tenant_scope` applies)."""
-    return principal is None or principal.tenant_id is None or principal.tenant_id == tenant_id
 
 
 def permission_catalog_of(modules: Iterable[Any]) -> Catalog:

@@ -77,10 +77,11 @@ def _core_module() -> KeelModule:
 
 def builtin_modules() -> list[KeelModule]:
     """Keel's own modules after the core, in dependency order (DESIGN.md)."""
+    from keel.audit.module import audit_module
     from keel.identity.module import identity_module
     from keel.protection.module import protection_module
 
-    return [identity_module(), protection_module()]
+    return [audit_module(), identity_module(), protection_module()]
 
 
 class Keel:

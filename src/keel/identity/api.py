@@ -13,6 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.audit import record
 from keel.core.errors import Forbidden, NotFound, Unauthenticated, problem_responses
 from keel.core.guards import public
 from keel.core.ids import secret_digest
@@ -470,6 +471,13 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
                 tenant_id=tenant_id,
             )
             roles = await set_roles(session, catalog, actor, user, body.roles, config=config)
+            await record(
+                session,
+                "user.create",
+                resource=("user", user.id),
+                after={"email": user.email, "roles": roles, "tenant_id": tenant_id},
+                tenant_id=tenant_id,
+            )
         await runtime.revocations.publish()
         return _user_detail(user, roles)
 
@@ -500,6 +508,11 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
                 holder = await user_roles(session, user.id)
                 if "owner" in holder and "*" not in actor.permissions:
                     raise Forbidden("Only an owner can change an owner.")
+            before = {
+                "display_name": user.display_name,
+                "status": user.status,
+                "roles": await user_roles(session, user.id),
+            }
             if body.display_name is not None:
                 user.display_name = body.display_name.strip()
                 user.updated_at = datetime.now(UTC)
@@ -509,6 +522,14 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
                 await set_roles(session, catalog, actor, user, body.roles, config=config)
                 if body.roles is not None
                 else await user_roles(session, user.id)
+            )
+            await record(
+                session,
+                "user.update",
+                resource=("user", user.id),
+                before=before,
+                after={"display_name": user.display_name, "status": user.status, "roles": roles},
+                tenant_id=user.tenant_id,
             )
         await runtime.revocations.publish()
         return _user_detail(user, roles)
@@ -525,7 +546,10 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
     ) -> Response:
         async with keel.db.transaction() as session:
             user = await get_user(session, actor, user_id)
-            await unlock(session, user.email)
+            if await unlock(session, user.email):
+                await record(
+                    session, "user.unlock", resource=("user", user.id), tenant_id=user.tenant_id
+                )
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     @router.post(
@@ -540,6 +564,13 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
         async with keel.db.transaction() as session:
             user = await get_user(session, actor, user_id)
             ended = await end_everything(session, user.id, config=config, reason="admin-sign-out")
+            await record(
+                session,
+                "user.sign_out",
+                resource=("user", user.id),
+                after={"sessions_ended": ended},
+                tenant_id=user.tenant_id,
+            )
         await runtime.revocations.publish()
         return {"sessions_ended": ended}
 
@@ -568,6 +599,13 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
             raise Forbidden("Only a deployment-level account can create tenants.")
         async with keel.db.transaction() as session:
             row = await create_tenant(session, slug=body.slug, name=body.name)
+            await record(
+                session,
+                "tenant.create",
+                resource=("tenant", row.id),
+                after={"slug": row.slug, "name": row.name},
+                tenant_id=row.id,
+            )
         return TenantOut(id=row.id, slug=row.slug, name=row.name, created_at=row.created_at)
 
     @router.get("/tenants/{tenant_id}", tags=["tenants"], summary="One tenant", responses=err)
@@ -624,6 +662,13 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
                 description=body.description,
                 tenant_id=tenant_id,
             )
+            await record(
+                session,
+                "role.create",
+                resource=("role", row.id),
+                after={"name": row.name, "permissions": row.permissions},
+                tenant_id=row.tenant_id,
+            )
         return _role_out(row)
 
     @router.delete(
@@ -638,6 +683,7 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
     ) -> Response:
         async with keel.db.transaction() as session:
             await delete_role(session, actor, role_id)
+            await record(session, "role.delete", resource=("role", role_id))
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     # --- API keys ------------------------------------------------------------------------
@@ -663,6 +709,13 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
                 scopes=body.scopes,
                 expires_at=body.expires_at,
                 service_tenant_id=service_tenant,
+            )
+            await record(
+                session,
+                "api_key.create",
+                resource=("api_key", row.id),
+                after={"name": row.name, "scopes": row.scopes, "user_id": row.user_id},
+                tenant_id=row.tenant_id,
             )
         response.headers["Cache-Control"] = "no-store"
         return ApiKeyCreated(key=_key_out(row), secret=secret)
@@ -695,7 +748,10 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
     )
     async def revoke_key(key_id: str, actor: KeysActor) -> Response:
         async with keel.db.transaction() as session:
-            await revoke_api_key(session, actor, key_id)
+            revoked = await revoke_api_key(session, actor, key_id)
+            await record(
+                session, "api_key.revoke", resource=("api_key", key_id), tenant_id=revoked.tenant_id
+            )
         await runtime.revocations.publish()
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -719,6 +775,16 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
                 expires_in=timedelta(seconds=body.expires_in_seconds),
                 max_uses=body.max_uses,
                 note=body.note,
+            )
+            await record(
+                session,
+                "share.create",
+                resource=(row.resource_type, row.resource_id),
+                after={
+                    "share_id": row.id,
+                    "permissions": row.permissions,
+                    "max_uses": row.max_uses,
+                },
             )
         response.headers["Cache-Control"] = "no-store"
         return ShareCreated(share=_share_out(row), token=token)
@@ -752,6 +818,7 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
     async def revoke_link(share_id: str, actor: SharesActor) -> Response:
         async with keel.db.transaction() as session:
             await revoke_share(session, actor, share_id)
+            await record(session, "share.revoke", resource=("share", share_id))
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return router

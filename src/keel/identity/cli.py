@@ -17,6 +17,8 @@ from rich.table import Table
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.audit import bind_actor, record, reset_actor, system_actor
+from keel.audit.service import seal_all
 from keel.core.clitools import (
     DataDirOption,
     JsonOption,
@@ -62,12 +64,18 @@ _CATALOG = Catalog(IDENTITY_PERMISSIONS)
 
 
 async def _in_transaction(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one transaction as the `system:cli` actor, then seal its audit events
+    (no server may be running to do it)."""
     db = Database(config)
+    token = bind_actor(system_actor("cli"))
     try:
         await prepare(db, auto_migrate=config.should_auto_migrate)
         async with db.transaction() as session:
-            return await work(session)
+            result = await work(session)
+        await seal_all(db)
+        return result
     finally:
+        reset_actor(token)
         await db.dispose()
 
 
@@ -81,6 +89,18 @@ def _user_data(user: User) -> dict[str, object]:
         "created_at": user.created_at.isoformat(),
         "last_login_at": user.last_login_at.isoformat() if user.last_login_at else None,
     }
+
+
+async def _disable_recorded(session: AsyncSession, email: str, config: Config) -> User:
+    user = await disable_user(session, email, config=config)
+    await record(
+        session,
+        "user.disable",
+        resource=("user", user.id),
+        after={"status": user.status},
+        tenant_id=user.tenant_id,
+    )
+    return user
 
 
 def _read_password(from_stdin: bool, email: str) -> str:
@@ -147,6 +167,13 @@ def create(  # noqa: PLR0917 - one parameter per option
         )
         roles = role or (["owner"] if first else ["viewer"])
         held = await set_roles(session, _CATALOG, None, user, roles, config=config)
+        await record(
+            session,
+            "user.create",
+            resource=("user", user.id),
+            after={"email": user.email, "roles": held, "tenant_id": tenant_id},
+            tenant_id=tenant_id,
+        )
         return {**_user_data(user), "roles": held}
 
     data = run(_in_transaction(config, work))
@@ -234,7 +261,7 @@ def disable(
     config = load_config(data_dir=data_dir)
 
     async def work(session: AsyncSession) -> dict[str, object]:
-        return _user_data(await disable_user(session, email, config=config))
+        return _user_data(await _disable_recorded(session, email, config))
 
     data = run(_in_transaction(config, work))
     if as_json:
@@ -384,6 +411,13 @@ def tenant_create(
 
     async def work(session: AsyncSession) -> dict[str, str]:
         row = await create_tenant(session, slug=slug, name=name)
+        await record(
+            session,
+            "tenant.create",
+            resource=("tenant", row.id),
+            after={"slug": row.slug, "name": row.name},
+            tenant_id=row.id,
+        )
         return {"id": row.id, "slug": row.slug, "name": row.name}
 
     data = run(_in_transaction(config, work))

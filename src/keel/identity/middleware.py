@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from keel.audit.context import Actor, bind_actor, reset_actor
 from keel.core.database import Database
 from keel.core.errors import Forbidden
 from keel.identity.access import user_permissions
@@ -97,11 +98,25 @@ class IdentityMiddleware:
         self.idle = timedelta(minutes=idle_minutes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            principal = await self._resolve(scope)
-            if principal is not None:
-                scope[PRINCIPAL_KEY] = principal
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        principal = await self._resolve(scope)
+        if principal is not None:
+            scope[PRINCIPAL_KEY] = principal
+        # Audit events recorded while handling this request name this actor and address.
+        client = scope.get("client")
+        token = bind_actor(
+            Actor.of(
+                principal,
+                client_ip=client[0] if client else None,
+                user_agent=_header(scope, b"user-agent"),
+            )
+        )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            reset_actor(token)
 
     async def _resolve(self, scope: Scope) -> Principal | None:
         authorization = api_key = share = cookie = None

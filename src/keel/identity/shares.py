@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.audit import Actor, record
 from keel.core.database import Database
 from keel.core.errors import NotFound, ValidationFailed
 from keel.core.ids import new_id, new_secret, secret_digest
@@ -156,6 +157,22 @@ async def use_share(
         )
         if spent.first() is None:
             raise InvalidShare("The share link has been used up.")
+        await record(
+            session,
+            "share.use",
+            resource=(row.resource_type, row.resource_id),
+            after={"share_id": row.id, "method": method, "path": path[:200]},
+            actor=Actor(
+                "share",
+                row.id,
+                f"share link from {sharer.email}",
+                row.tenant_id,
+                f"user:{sharer.id}",
+                client_ip,
+                (user_agent or "")[:300] or None,
+            ),
+            tenant_id=row.tenant_id,
+        )
         session.add(
             ShareUse(
                 share_id=row.id,

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from keel.audit import Actor, current_actor, record
 from keel.core.database import Base, Database, UTCDateTime
 from keel.core.errors import KeelError, Unauthenticated, ValidationFailed
 from keel.core.ids import new_id
@@ -169,12 +170,29 @@ async def _claim_attempt(
         session.add(
             _attempt(now=now, email=address, user_id=None, client_ip=client_ip, outcome="throttled")
         )
+        await record(
+            session,
+            "auth.login",
+            outcome="denied",
+            after={"email": address},
+            reason="locked out",
+            actor=_anonymous(client_ip),
+        )
         return _Claim(refused_until=max(locks))
     # Counted before the password is checked: parallel guesses each take a count.
     account.failures += 1
     account.updated_at = now
     if account.failures >= policy.account_failures:
         account.locked_until = now + policy.lock_for(account.failures)
+        if account.failures == policy.account_failures:
+            await record(
+                session,
+                "auth.lockout",
+                resource=("account", address),
+                outcome="denied",
+                after={"failures": account.failures, "locked_until": account.locked_until},
+                actor=_anonymous(client_ip),
+            )
     if network is not None:
         network.failures += 1
         network.updated_at = now
@@ -256,6 +274,19 @@ async def login(
                 succeeded=succeeded,
             )
         )
+        await record(
+            session,
+            "auth.login",
+            resource=("user", claim.user_id) if claim.user_id else None,
+            outcome="success" if succeeded else "failed",
+            after={"email": address},
+            actor=(
+                Actor("user", user.id, user.email, user.tenant_id, client_ip=client_ip)
+                if user is not None
+                else _anonymous(client_ip)
+            ),
+            tenant_id=user.tenant_id if user is not None else None,
+        )
         if user is not None:
             await session.execute(
                 update(LoginThrottle)
@@ -276,6 +307,13 @@ async def login(
     if user is None:
         raise LoginFailed("The email or password is wrong.")
     return user
+
+
+def _anonymous(client_ip: str | None) -> Actor:
+    bound = current_actor()
+    if bound is not None and bound.type == "anonymous":
+        return bound
+    return Actor("anonymous", None, "", client_ip=client_ip)
 
 
 def _attempt(

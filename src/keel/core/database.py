@@ -93,6 +93,7 @@ class Database:
                 self.url,
                 connect_args={"timeout": config.database_timeout},
                 pool_pre_ping=False,
+                hide_parameters=True,  # errors and logs never carry values (hashes, tokens)
             )
             _configure_sqlite(self.engine, busy_timeout_ms=self._busy_timeout_ms)
         else:
@@ -110,6 +111,7 @@ class Database:
                 pool_timeout=config.database_timeout,
                 pool_pre_ping=True,
                 connect_args={"connect_timeout": max(1, int(config.database_timeout))},
+                hide_parameters=True,  # errors and logs never carry values (hashes, tokens)
             )
         self._write_engine = self.engine.execution_options(**{_WRITE_OPTION: True})
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -372,6 +372,8 @@ def error_response(exc: Exception, scope: Scope) -> Response:
         return _validation_response(exc)
     if isinstance(exc, HTTPException) and not isinstance(exc, KeelError) and exc.status_code < 500:
         return _http_exception_response(exc)
+    if _rejected_nul(exc):
+        return problem_response(BadRequest("Text must not contain NUL (U+0000) characters."))
     _log_unexpected(scope, exc)
     status = exc.status if isinstance(exc, KeelError) else 500
     return Response(
@@ -379,6 +381,19 @@ def error_response(exc: Exception, scope: Scope) -> Response:
         status_code=status,
         media_type=PROBLEM_CONTENT_TYPE,
     )
+
+
+def _rejected_nul(exc: BaseException) -> bool:
+    """Whether the database driver refused a text value holding NUL (PostgreSQL cannot store
+    it): the client's input, not a server fault."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if "cannot contain NUL" in str(seen):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return False
 
 
 async def _handle(request: Request, exc: Exception) -> Response:

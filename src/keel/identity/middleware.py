@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CsrfFailed", "CsrfMiddleware", "IdentityMiddleware", "session_cookie_name"]
 
+AUTH_ERROR_KEY = "keel.auth_error"
+"""Where identity leaves a presented-but-invalid credential's error for the CSRF middleware."""
 API_KEY_START = "keel_"
 """A bearer credential starting with this is an API key, not a JWT (those start `ey`)."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -75,6 +77,11 @@ def _cookie_value(raw: str, cookie_name: str) -> str | None:
     return value or None
 
 
+def _share_param(query_string: bytes) -> bytes | None:
+    values = parse_qs(query_string.decode("latin-1")).get("share")
+    return values[0].encode("latin-1") if values and values[0] else None
+
+
 class IdentityMiddleware:
     """Resolve the caller: bearer token or API key, share link, else the session cookie.
 
@@ -101,7 +108,13 @@ class IdentityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        principal = await self._resolve(scope)
+        try:
+            principal = await self._resolve(scope)
+        except InvalidToken as exc:
+            # Raised after the rate limiter (by the CSRF middleware), so a flood of bad
+            # credentials is counted against its address like any anonymous traffic.
+            scope[AUTH_ERROR_KEY] = exc
+            principal = None
         if principal is not None:
             scope[PRINCIPAL_KEY] = principal
         # Audit events recorded while handling this request name this actor and address.
@@ -131,15 +144,14 @@ class IdentityMiddleware:
                 cookie = value
         if authorization is not None:
             scheme, _, credential = bytes(authorization).decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not credential.strip():
-                raise InvalidToken("Send `Authorization: Bearer <token>`.")
-            credential = credential.strip()
-            if credential.startswith(API_KEY_START):
-                return await self.runtime.api_keys.resolve(credential)
-            return await self._token_principal(credential)
+            # Other schemes (e.g. Basic from a proxy in front) are not Keel's to judge.
+            if scheme.lower() == "bearer":
+                return await self._bearer(credential.strip())
         if api_key is not None:
             return await self.runtime.api_keys.resolve(bytes(api_key).decode("latin-1").strip())
-        if share is not None or b"share=" in scope.get("query_string", b""):
+        if share is None and b"share=" in scope.get("query_string", b""):
+            share = _share_param(scope["query_string"])
+        if share is not None:
             return await self._share_principal(scope, share)
         if cookie is not None:
             token = _cookie_value(bytes(cookie).decode("latin-1"), self.cookie_name)
@@ -147,14 +159,15 @@ class IdentityMiddleware:
                 return await self._session_principal(token)
         return None
 
-    async def _share_principal(self, scope: Scope, header: bytes | None) -> Principal | None:
-        if header is not None:
-            token = bytes(header).decode("latin-1").strip()
-        else:
-            values = parse_qs(scope["query_string"].decode("latin-1")).get("share")
-            if not values:
-                return None
-            token = values[0]
+    async def _bearer(self, credential: str) -> Principal:
+        if not credential:
+            raise InvalidToken("Send `Authorization: Bearer <token>`.")
+        if credential.startswith(API_KEY_START):
+            return await self.runtime.api_keys.resolve(credential)
+        return await self._token_principal(credential)
+
+    async def _share_principal(self, scope: Scope, header: bytes) -> Principal | None:
+        token = bytes(header).decode("latin-1").strip()
         client = scope.get("client")
         return await use_share(
             self.db,
@@ -201,12 +214,17 @@ class IdentityMiddleware:
 
 
 class CsrfMiddleware:
-    """Refuse cookie-authenticated unsafe requests without the session's CSRF token."""
+    """Refuse cookie-authenticated unsafe requests without the session's CSRF token.
+
+    It first raises the error of an invalid credential identity found: it sits after the rate
+    limiter, so bad credentials are limited by address before they are refused."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and AUTH_ERROR_KEY in scope:
+            raise scope[AUTH_ERROR_KEY]
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             principal = scope.get(PRINCIPAL_KEY)
             exempt = (scope["method"], scope["path"]) in CSRF_EXEMPT

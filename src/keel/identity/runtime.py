@@ -24,6 +24,7 @@ __all__ = ["ATTEMPT_RETENTION", "IdentityRuntime", "identity_runtime", "prune_at
 
 ATTEMPT_RETENTION = timedelta(days=90)
 KEY_REFRESH_SECONDS = 10.0
+HOUSEKEEPING_SECONDS = 86_400.0
 _logger = get_logger("keel.identity")
 
 
@@ -59,8 +60,7 @@ class IdentityRuntime:
         await self.revocations.start()
         self._key_refresh = asyncio.create_task(self._refresh_keys(), name="keel-signing-keys")
         try:
-            await self.revocations.prune()
-            await prune_attempts(self.keel, older_than=ATTEMPT_RETENTION)
+            await self.housekeeping()
         except Exception as exc:  # noqa: BLE001 - housekeeping must not stop a start
             _logger.warning("identity housekeeping failed", error=str(exc))
 
@@ -75,13 +75,24 @@ class IdentityRuntime:
 
     async def _refresh_keys(self) -> None:
         # A rotation made elsewhere (`keel keys rotate`, another process) is picked up here,
-        # well inside the window in which the retired key is still accepted everywhere.
+        # well inside the window in which the retired key is still accepted everywhere; and
+        # once a day the housekeeping runs again (a server may run for months).
+        loop = asyncio.get_running_loop()
+        last_housekeeping = loop.time()
         while True:
             await asyncio.sleep(KEY_REFRESH_SECONDS)
             try:
                 await self.keys.load()
+                if loop.time() - last_housekeeping >= HOUSEKEEPING_SECONDS:
+                    last_housekeeping = loop.time()
+                    await self.housekeeping()
             except Exception as exc:  # noqa: BLE001 - keep the keys we have; retry later
-                _logger.warning("signing keys not reloaded", error=str(exc))
+                _logger.warning("identity background work failed", error=str(exc))
+
+    async def housekeeping(self) -> None:
+        """Drop expired revocations and login attempts older than `ATTEMPT_RETENTION`."""
+        await self.revocations.prune()
+        await prune_attempts(self.keel, older_than=ATTEMPT_RETENTION)
 
 
 def identity_runtime(keel: Keel) -> IdentityRuntime:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,6 +48,7 @@ __all__ = [
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,61}[a-z0-9]")
+_ROLES_LOCK = 0x6B65656C_726F6C65  # "keelrole"
 _ROLE_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 
@@ -200,15 +201,17 @@ async def role_permissions(
     if role in catalog.builtin:
         return catalog.builtin[role]
     # unscoped: the role must be the user's tenant's own or deployment-wide, as filtered here.
-    row = await session.scalar(
-        select(Role).where(
-            Role.name == role,
-            or_(Role.tenant_id == tenant_id, Role.tenant_id.is_(None))
-            if tenant_id is not None
-            else Role.tenant_id.is_(None),
+    rows = list(
+        await session.scalars(
+            select(Role.permissions).where(
+                Role.name == role,
+                or_(Role.tenant_id == tenant_id, Role.tenant_id.is_(None))
+                if tenant_id is not None
+                else Role.tenant_id.is_(None),
+            )
         )
     )
-    if row is None:
+    if not rows:
         raise ValidationFailed(
             f"no role named {role!r} here",
             errors=[
@@ -220,7 +223,9 @@ async def role_permissions(
                 }
             ],
         )
-    return frozenset(row.permissions)
+    # The union, exactly as `user_permissions` grants it (names are unique across scopes, but
+    # the check must never see less than the grant).
+    return frozenset(name for permissions in rows for name in permissions)
 
 
 async def set_roles(
@@ -281,6 +286,18 @@ async def create_role(
     wanted = catalog.check_known(permissions)
     if actor is not None and not Catalog.covers(actor.permissions, wanted):
         raise Forbidden("You cannot create a role with rights you do not hold.")
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        # Serialise role creation: the cross-scope name check below must not race.
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ROLES_LOCK})
+    # unscoped: a custom role's name must be free in its tenant, deployment-wide, and (for a
+    # deployment-wide role) in every tenant: an assignment names a role, and one name must
+    # never mean two roles with different rights.
+    clash = select(Role.id).where(Role.name == name)
+    if tenant_id is not None:
+        clash = clash.where(or_(Role.tenant_id == tenant_id, Role.tenant_id.is_(None)))
+    if await session.scalar(clash.limit(1)) is not None:
+        raise Conflict(f"a role named {name!r} already exists here or deployment-wide")
     if tenant_id is not None and await session.get(Tenant, tenant_id) is None:
         raise NotFound("no such tenant")
     role = Role(

@@ -235,20 +235,22 @@ def auth_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per rou
 
     runtime = identity_runtime(keel)
 
-    async def issue_for(
-        user: User, family_id: str | None = None, started: datetime | None = None
+    async def issue_in(
+        session: AsyncSession,
+        user: User,
+        family_id: str | None = None,
+        started: datetime | None = None,
     ) -> TokenResponse:
-        async with keel.db.transaction() as session:
-            permissions = await user_permissions(session, runtime.catalog, user)
-            issued = await issue_tokens(
-                session,
-                runtime.keys,
-                keel.config,
-                user,
-                permissions,
-                family_id=family_id,
-                family_started_at=started,
-            )
+        permissions = await user_permissions(session, runtime.catalog, user)
+        issued = await issue_tokens(
+            session,
+            runtime.keys,
+            keel.config,
+            user,
+            permissions,
+            family_id=family_id,
+            family_started_at=started,
+        )
         return TokenResponse(
             access_token=issued.access_token,
             expires_in=issued.expires_in,
@@ -265,7 +267,8 @@ def auth_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per rou
         client_ip = request.client.host if request.client else None
         user = await login(keel.db, email=body.email, password=body.password, client_ip=client_ip)
         response.headers["Cache-Control"] = "no-store"
-        return await issue_for(user)
+        async with keel.db.transaction() as session:
+            return await issue_in(session, user)
 
     @router.post(
         "/refresh",
@@ -274,20 +277,25 @@ def auth_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per rou
         dependencies=[Public],
     )
     async def refresh(body: RefreshRequest, response: Response) -> TokenResponse:
+        # One transaction: the old token is spent and its successor stored together, under
+        # the old row's lock, so no revocation can fall between them.
+        issued: TokenResponse | None = None
         async with keel.db.transaction() as session:
             redeemed = await redeem_refresh_token(session, keel.config, body.refresh_token)
+            if redeemed.row is not None and redeemed.user is not None:
+                issued = await issue_in(
+                    session, redeemed.user, redeemed.row.family_id, redeemed.row.family_started_at
+                )
         if redeemed.reused or (redeemed.row is not None and redeemed.user is None):
             await runtime.revocations.publish()
         if redeemed.reused:
             raise InvalidToken(
                 "This refresh token was already used: every token of its sign-in is now revoked."
             )
-        if redeemed.row is None or redeemed.user is None:
+        if issued is None:
             raise InvalidToken("The refresh token is not valid.")
         response.headers["Cache-Control"] = "no-store"
-        return await issue_for(
-            redeemed.user, redeemed.row.family_id, redeemed.row.family_started_at
-        )
+        return issued
 
     @router.post(
         "/logout",
@@ -309,9 +317,12 @@ def auth_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per rou
                 )
                 if row is not None:
                     families.add(row.family_id)
-            for family_id in families:
-                await revoke_family(session, keel.config, family_id, reason="logout")
-        if families:
+            revoked = [
+                family_id
+                for family_id in families
+                if await revoke_family(session, keel.config, family_id, reason="logout")
+            ]
+        if revoked:
             await runtime.revocations.publish()
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 

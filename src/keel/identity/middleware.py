@@ -9,6 +9,7 @@ another site can make the browser send the cookie, but cannot read the token to 
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CsrfFailed", "CsrfMiddleware", "IdentityMiddleware", "session_cookie_name"]
 
+PRINCIPAL_CACHE_SIZE = 10_000
 AUTH_ERROR_KEY = "keel.auth_error"
 """Where identity leaves a presented-but-invalid credential's error for the CSRF middleware."""
 API_KEY_START = "keel_"
@@ -103,6 +105,7 @@ class IdentityMiddleware:
         self.db = db
         self.cookie_name = session_cookie_name(https)
         self.idle = timedelta(minutes=idle_minutes)
+        self._principals: OrderedDict[str, Principal] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -181,7 +184,10 @@ class IdentityMiddleware:
 
     async def _token_principal(self, token: str) -> Principal:
         claims = await self.runtime.verifier.verify(token)
-        return Principal(
+        principal = self._principals.get(claims.jti)
+        if principal is not None:
+            return principal
+        principal = Principal(
             user_id=claims.sub,
             via="token",
             permissions=claims.scope,
@@ -189,6 +195,11 @@ class IdentityMiddleware:
             token_id=claims.jti,
             token_family=claims.sid,
         )
+        # Built once per token (the verifier has checked expiry and revocation already).
+        if len(self._principals) >= PRINCIPAL_CACHE_SIZE:
+            self._principals.popitem(last=False)
+        self._principals[claims.jti] = principal
+        return principal
 
     async def _session_principal(self, token: str) -> Principal | None:
         now = datetime.now(UTC)

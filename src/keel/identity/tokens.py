@@ -8,10 +8,12 @@ keys and revocations are in memory, and verified claims are cached by token.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.audit import record
 from keel.core.config import Config
 from keel.core.database import Database
 from keel.core.errors import Unauthenticated
@@ -82,6 +85,7 @@ class SigningKeys:
         self.public: dict[str, Ed25519PublicKey] = {}
         self._jwks: dict[str, Any] = {"keys": []}
         self._loaded_at = float("-inf")
+        self._reload_lock = asyncio.Lock()
 
     async def load(self) -> None:
         """Read the keys (creating the first one if there is none)."""
@@ -168,9 +172,15 @@ class SigningKeys:
         return kid
 
     async def reload_for(self, kid: str) -> Ed25519PublicKey | None:
-        """The key `kid` after reloading (at most every `RELOAD_INTERVAL`), or None."""
-        if time.monotonic() - self._loaded_at >= RELOAD_INTERVAL:
-            await self.load()
+        """The key `kid` after reloading (at most every `RELOAD_INTERVAL`, one reload at a
+        time however many requests name unknown keys), or None."""
+        async with self._reload_lock:
+            if time.monotonic() - self._loaded_at >= RELOAD_INTERVAL:
+                self._loaded_at = time.monotonic()  # stamped first: a failed load waits too
+                try:
+                    await self.load()
+                except Exception:  # noqa: BLE001 - keep the keys we have; the token is refused
+                    _logger.warning("signing keys could not be reloaded")
         return self.public.get(kid)
 
     def jwks(self) -> dict[str, Any]:
@@ -199,6 +209,7 @@ class Claims:
     sid: str | None
     exp: float
     scope: frozenset[str]
+    kid: str
 
 
 class TokenVerifier:
@@ -220,7 +231,7 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway
         self.cache_size = cache_size
-        self._cache: dict[str, Claims] = {}
+        self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._options = {"require": _REQUIRED}
 
     async def verify(self, token: str) -> Claims:
@@ -229,11 +240,15 @@ class TokenVerifier:
         if claims is None:
             claims = await self._verify_signature(token)
             if len(self._cache) >= self.cache_size:
-                del self._cache[next(iter(self._cache))]
+                self._cache.popitem(last=False)  # the oldest
             self._cache[token] = claims
         elif claims.exp + self.leeway <= time.time():
             del self._cache[token]
             raise InvalidToken("The access token has expired.")
+        elif claims.kid not in self.keys.public:
+            # Its key is no longer accepted (retired past its window, or withdrawn).
+            del self._cache[token]
+            raise InvalidToken("The token's key is no longer accepted.")
         if claims.jti in self.revocations.jti or (
             claims.sid is not None and claims.sid in self.revocations.family
         ):
@@ -287,6 +302,7 @@ class TokenVerifier:
             sid=sid,
             exp=float(payload["exp"]),
             scope=frozenset(scope.split()),
+            kid=kid,
         )
 
 
@@ -371,14 +387,19 @@ async def issue_tokens(
 
 async def revoke_family(
     session: AsyncSession, config: Config, family_id: str, *, reason: str
-) -> None:
-    """Revoke every refresh token of a family and every access token issued from it."""
+) -> bool:
+    """Revoke every refresh token of a family and every access token issued from it.
+    False (and nothing written) when the family was already revoked."""
     now = datetime.now(UTC)
-    await session.execute(
+    result = await session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now, revoked_reason=reason)
     )
+    if not getattr(result, "rowcount", 1):
+        # Already revoked: its revocation row exists (or its tokens have expired); a repeated
+        # logout must not add rows every process reads.
+        return False
     RevocationSet.add(
         session,
         "family",
@@ -386,6 +407,7 @@ async def revoke_family(
         expires_at=now
         + timedelta(minutes=config.access_token_minutes, seconds=config.jwt_leeway_seconds),
     )
+    return True
 
 
 async def revoke_user_tokens(
@@ -395,7 +417,11 @@ async def revoke_user_tokens(
     families = list(
         await session.scalars(
             select(RefreshToken.family_id)
-            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+            .where(
+                RefreshToken.user_id == user_id,
+                RefreshToken.revoked_at.is_(None),
+                RefreshToken.expires_at > datetime.now(UTC),
+            )
             .distinct()
         )
     )
@@ -403,6 +429,13 @@ async def revoke_user_tokens(
         await revoke_family(session, config, family_id, reason=reason)
     RevocationSet.add(session, "user", user_id, expires_at=datetime.now(UTC) + timedelta(hours=1))
     return len(families)
+
+
+async def _family_revoked(session: AsyncSession, family_id: str) -> bool:
+    query = select(RefreshToken.id).where(
+        RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_not(None)
+    )
+    return await session.scalar(query.limit(1)) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +448,8 @@ class Redemption:
 
 
 async def redeem_refresh_token(session: AsyncSession, config: Config, token: str) -> Redemption:
-    """Spend a refresh token. A spent or revoked one revokes its whole family (`reused`).
+    """Spend a refresh token. A spent one revokes its whole family (`reused`); one revoked
+    unspent (logout, privilege change: its family is already revoked) is simply invalid.
 
     The caller commits either way (the family's revocation must stick) and then issues a new
     pair from `row`'s family when `user` is set.
@@ -427,9 +461,17 @@ async def redeem_refresh_token(session: AsyncSession, config: Config, token: str
     now = datetime.now(UTC)
     if row is None:
         return Redemption(None, None)
-    if row.used_at is not None or row.revoked_at is not None:
-        if row.revoked_reason != "reuse":
-            await revoke_family(session, config, row.family_id, reason="reuse")
+    if row.used_at is not None:
+        # Always revoke (a no-op when the family already is); report only what it revoked.
+        if await revoke_family(session, config, row.family_id, reason="reuse"):
+            await record(
+                session,
+                "auth.refresh_reuse",
+                resource=("user", row.user_id),
+                outcome="denied",
+                after={"family_id": row.family_id},
+                reason="a spent refresh token was presented again; its family is revoked",
+            )
             _logger.warning(
                 "auth.refresh_reuse",
                 user_id=row.user_id,
@@ -437,7 +479,13 @@ async def redeem_refresh_token(session: AsyncSession, config: Config, token: str
                 security_event=True,
             )
         return Redemption(row, None, reused=True)
-    if row.expires_at <= now:
+    if row.revoked_at is not None or row.expires_at <= now:
+        # Revoked unspent (logout, privilege change): not a reuse, nothing was stolen.
+        return Redemption(None, None)
+    if await _family_revoked(session, row.family_id):
+        # Stored by a refresh that raced the family's revocation (logout, reuse, privilege
+        # change): the revocation did not see this row, but the family is over.
+        row.revoked_at, row.revoked_reason = now, "family-revoked"
         return Redemption(None, None)
     user = await session.get(User, row.user_id)
     row.used_at = now

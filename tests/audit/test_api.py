@@ -91,3 +91,18 @@ async def test_verify_over_http(org: Org) -> None:
         assert result["ok"] is True and result["checked"] >= 4
     async with await org.as_user("admin-a@example.com") as http:
         assert_problem(await http.get("/api/v1/audit/verify"), 403)
+
+
+async def test_a_sensitive_read_is_recorded(org: Org) -> None:
+    """`audited_read` records who looked at which user, even though nothing changed."""
+    target = org.users["viewer-a@example.com"]
+    async with await org.as_user("admin-a@example.com") as http:
+        json_of(await http.get(f"/api/v1/users/{target}"))
+    await seal_all(org.keel.db)
+    async with await org.as_user("owner@example.com") as http:
+        reads = json_of(await http.get("/api/v1/audit/events", params={"action": "user.read"}))[
+            "items"
+        ]
+    assert [(e["resource_id"], e["actor_id"]) for e in reads] == [
+        (target, org.users["admin-a@example.com"])
+    ]

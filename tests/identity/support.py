@@ -72,12 +72,12 @@ async def build_org(config: Config) -> AsyncIterator[Org]:
         async with keel.db.transaction() as session:
             for slug in ("acme", "bolt"):
                 org.tenants[slug] = (await create_tenant(session, slug=slug)).id
-            for email, (slug, roles) in PEOPLE.items():
+            for email, (home, roles) in PEOPLE.items():
                 user = await create_user(
                     session,
                     email=email,
                     password_hash=await hashed(PASSWORD),
-                    tenant_id=org.tenants[slug] if slug else None,
+                    tenant_id=org.tenants[home] if home else None,
                 )
                 await set_roles(session, catalog, None, user, roles, config=keel.config)
                 org.users[email] = user.id

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
-from keel.audit.service import EventFilter, event_data, list_events, verify
+from keel.audit.service import EventFilter, event_data, list_events, record, verify
 from keel.core.errors import Forbidden, problem_responses
 from keel.core.principal import Principal, require
 
 if TYPE_CHECKING:
     from keel.app import Keel
 
-__all__ = ["audit_router"]
+__all__ = ["audit_router", "audited_read"]
 
 Reader = Annotated[Principal, Depends(require("audit:read"))]
 Verifier = Annotated[Principal, Depends(require("audit:verify"))]
@@ -85,3 +86,28 @@ def audit_router(keel: Keel) -> APIRouter:
         return result.as_dict()
 
     return router
+
+
+def audited_read(
+    action: str, *, resource: tuple[str, str] | None = None
+) -> Callable[[Request], AsyncIterator[None]]:
+    """A route dependency recording a sensitive read (a data-access log), e.g.
+    `dependencies=[Depends(audited_read("user.read", resource=("user", "user_id")))]`.
+
+    The event is written, in its own short transaction, once the handler has succeeded (a
+    refused or failed read records nothing), with the request's actor, address and trace;
+    `resource` names the path parameter holding the id.
+    """
+
+    async def dependency(request: Request) -> AsyncIterator[None]:
+        yield  # the handler runs here; an exception it raises skips the record
+        keel = request.app.state.keel
+        resource_id = request.path_params.get(resource[1]) if resource else None
+        async with keel.db.transaction() as session:
+            await record(
+                session,
+                action,
+                resource=(resource[0], resource_id) if resource else None,
+            )
+
+    return dependency

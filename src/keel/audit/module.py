@@ -22,13 +22,15 @@ AUDIT_PERMISSIONS = (
 _logger = get_logger("keel.audit")
 
 
-async def _sealer(keel: Keel) -> None:
+async def _sealer(keel: Keel, stop: asyncio.Event) -> None:
+    """Seal and checkpoint until `stop` is set. Stopped by the event, never cancelled: a
+    cancellation inside a write transaction could leave SQLite's write lock held."""
     from keel.audit.service import checkpoint, seal
 
     failures = 0
     last_checkpoint = 0.0
     loop = asyncio.get_running_loop()
-    while True:
+    while not stop.is_set():
         try:
             sealed = 0
             while (batch := await seal(keel.db)) > 0:
@@ -43,21 +45,27 @@ async def _sealer(keel: Keel) -> None:
             failures += 1
             if failures in (1, 10) or failures % 100 == 0:
                 _logger.warning("audit sealing failed", error=str(exc), failures=failures)
-        await asyncio.sleep(SEAL_INTERVAL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=SEAL_INTERVAL)
 
 
 async def _start(keel: Keel) -> None:
-    keel.state["audit.sealer"] = asyncio.create_task(_sealer(keel), name="keel-audit-sealer")
+    stop = asyncio.Event()
+    keel.state["audit.stop"] = stop
+    keel.state["audit.sealer"] = asyncio.create_task(_sealer(keel, stop), name="keel-audit-sealer")
 
 
 async def _stop(keel: Keel) -> None:
     from keel.audit.service import seal_all
 
     task = keel.state.pop("audit.sealer", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    stop = keel.state.pop("audit.stop", None)
+    if task is not None and stop is not None:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except Exception:  # noqa: BLE001 - a stuck sealer must not block shutdown
+            task.cancel()
     with contextlib.suppress(Exception):
         await seal_all(keel.db)  # leave nothing unsealed behind a clean stop
 

@@ -24,6 +24,7 @@ from keel.core.guards import register_guard
 
 __all__ = [
     "PRINCIPAL_KEY",
+    "SHARE_SPEND_KEY",
     "Principal",
     "Via",
     "current_principal",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 PRINCIPAL_KEY = "keel.principal"
+SHARE_SPEND_KEY = "keel.share_spend"
+"""An async callable identity leaves for a share-link request: spends one use of the link."""
 
 Via = Literal["session", "token", "api_key", "share"]
 
@@ -121,6 +124,11 @@ def require(
             raise NotFound()
         if not principal.has(permission):
             raise Forbidden(f"This needs the {permission} permission.")
+        if principal.via == "share":
+            spend = request.scope.get(SHARE_SPEND_KEY)
+            if spend is None:
+                raise NotFound()
+            await spend()  # one use of the link, now that it reached its resource
         return principal
 
     register_guard(guard, permission)

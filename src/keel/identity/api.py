@@ -13,7 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import record
+from keel.audit import audited_read, record
 from keel.core.errors import Forbidden, NotFound, Unauthenticated, problem_responses
 from keel.core.guards import public
 from keel.core.ids import secret_digest
@@ -492,7 +492,13 @@ def admin_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per ro
         await runtime.revocations.publish()
         return _user_detail(user, roles)
 
-    @router.get("/users/{user_id}", tags=["users"], summary="One user", responses=err)
+    @router.get(
+        "/users/{user_id}",
+        tags=["users"],
+        summary="One user (the read is recorded in the audit trail)",
+        responses=err,
+        dependencies=[Depends(audited_read("user.read", resource=("user", "user_id")))],
+    )
     async def show_user(
         user_id: str, actor: Annotated[Principal, Depends(require("users:read"))]
     ) -> UserDetail:

@@ -75,6 +75,9 @@ async def create_api_key(
     service_tenant_id: str | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key and its plaintext (shown once). `service_tenant_id`: a tenant service key."""
+    if actor.via in ("api_key", "share"):
+        # A stolen key that could mint keys would outlive its own revocation.
+        raise Forbidden("API keys are created by a signed-in user, not by a key or a link.")
     now = datetime.now(UTC)
     if expires_at is not None and expires_at.utcoffset() is None:
         # A time without an offset means nothing on its own (and cannot be compared or stored).
@@ -117,7 +120,13 @@ async def create_api_key(
 def _visible_keys(actor: Principal) -> Select[ApiKey]:
     query = tenant_scope(select(ApiKey), ApiKey, actor)
     if not actor.has("api-keys:manage"):
-        query = query.where(ApiKey.user_id == actor.user_id)
+        # A service key has no user: `user_id == None` would be `IS NULL`, every service key
+        # of the tenant. It sees itself only.
+        query = query.where(
+            ApiKey.user_id == actor.user_id
+            if actor.user_id is not None
+            else ApiKey.id == actor.api_key_id
+        )
     return query
 
 

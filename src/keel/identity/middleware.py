@@ -20,10 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keel.audit.context import Actor, bind_actor, reset_actor
 from keel.core.database import Database
 from keel.core.errors import Forbidden
+from keel.core.principal import SHARE_SPEND_KEY
 from keel.identity.access import user_permissions
 from keel.identity.principal import PRINCIPAL_KEY, Principal
 from keel.identity.sessions import needs_touch, resolve_session, touch_session
-from keel.identity.shares import use_share
+from keel.identity.shares import find_share, spend_share
 from keel.identity.tokens import InvalidToken
 
 if TYPE_CHECKING:
@@ -171,16 +172,23 @@ class IdentityMiddleware:
 
     async def _share_principal(self, scope: Scope, header: bytes) -> Principal | None:
         token = bytes(header).decode("latin-1").strip()
+        principal = await find_share(self.db, self.runtime.catalog, token)
         client = scope.get("client")
-        return await use_share(
-            self.db,
-            self.runtime.catalog,
-            token,
-            client_ip=client[0] if client else None,
-            user_agent=_header(scope, b"user-agent"),
-            method=scope["method"],
-            path=scope["path"],
-        )
+        db = self.db
+
+        async def spend() -> None:
+            # Called by `require(…, resource=…)` once the route matched the shared resource.
+            await spend_share(
+                db,
+                principal,
+                client_ip=client[0] if client else None,
+                user_agent=_header(scope, b"user-agent"),
+                method=scope["method"],
+                path=scope["path"],
+            )
+
+        scope[SHARE_SPEND_KEY] = spend
+        return principal
 
     async def _token_principal(self, token: str) -> Principal:
         claims = await self.runtime.verifier.verify(token)

@@ -27,10 +27,11 @@ __all__ = [
     "MAX_SHARE_LIFETIME",
     "SHARE_PREFIX",
     "create_share",
+    "find_share",
     "get_share",
     "list_shares",
     "revoke_share",
-    "use_share",
+    "spend_share",
 ]
 
 SHARE_PREFIX = "keel_sh_"
@@ -119,76 +120,94 @@ async def revoke_share(session: AsyncSession, actor: Principal, share_id: str) -
     return row
 
 
-async def use_share(
-    db: Database,
-    catalog: Catalog,
-    token: str,
-    *,
-    client_ip: str | None,
-    user_agent: str | None,
-    method: str,
-    path: str,
-) -> Principal:
-    """Spend one use of a link and return the principal it grants, or `InvalidShare`."""
+async def find_share(db: Database, catalog: Catalog, token: str) -> Principal:
+    """The principal a link grants now (read only: nothing is spent), or `InvalidShare`.
+
+    A use is spent by `spend_share` once a route has matched the link's resource, so requests
+    that go elsewhere (a preview bot, a wrong URL) never consume one."""
     now = datetime.now(UTC)
-    async with db.transaction() as session:
+    async with db.session() as session:
         # unscoped: authentication finds the link by its token before any tenant is known.
         row = await session.scalar(
             select(ShareLink).where(ShareLink.token_hash == secret_digest(token))
         )
         if row is None or row.revoked_at is not None or row.expires_at <= now:
             raise InvalidShare()
+        if row.max_uses is not None and row.uses >= row.max_uses:
+            raise InvalidShare("The share link has been used up.")
         sharer = await session.get(User, row.created_by)
         if sharer is None or sharer.status != UserStatus.ACTIVE:
             raise InvalidShare()
         held = catalog.expand(await user_permissions(session, catalog, sharer))
-        granted = frozenset(row.permissions) & held
-        if not granted or sharer.tenant_id != row.tenant_id:
-            raise InvalidShare()
+    granted = frozenset(row.permissions) & held
+    if not granted or sharer.tenant_id != row.tenant_id:
+        raise InvalidShare()
+    return Principal(
+        user_id=sharer.id,
+        via="share",
+        permissions=granted,
+        tenant_id=row.tenant_id,
+        email=sharer.email,
+        display_name=f"share link from {sharer.display_name}",
+        share_id=row.id,
+        share_resource=(row.resource_type, row.resource_id),
+    )
+
+
+async def spend_share(
+    db: Database,
+    principal: Principal,
+    *,
+    client_ip: str | None,
+    user_agent: str | None,
+    method: str,
+    path: str,
+) -> None:
+    """Spend one use of the link behind `principal` and record it; `InvalidShare` when it
+    was used up or revoked meanwhile (one conditional UPDATE: parallel uses never exceed the
+    limit)."""
+    if principal.share_id is None or principal.share_resource is None:
+        raise InvalidShare()
+    now = datetime.now(UTC)
+    agent = (user_agent or "")[:300] or None
+    async with db.transaction() as session:
+        # unscoped: the link that just authenticated this request.
         spent = await session.execute(
             update(ShareLink)
             .where(
-                ShareLink.id == row.id,
+                ShareLink.id == principal.share_id,
                 ShareLink.revoked_at.is_(None),
+                ShareLink.expires_at > now,
                 (ShareLink.max_uses.is_(None)) | (ShareLink.uses < ShareLink.max_uses),
             )
             .values(uses=ShareLink.uses + 1)
             .returning(ShareLink.id)
         )
         if spent.first() is None:
-            raise InvalidShare("The share link has been used up.")
+            raise InvalidShare("The share link has been used up or revoked.")
         await record(
             session,
             "share.use",
-            resource=(row.resource_type, row.resource_id),
-            after={"share_id": row.id, "method": method, "path": path[:200]},
+            resource=principal.share_resource,
+            after={"share_id": principal.share_id, "method": method, "path": path[:200]},
             actor=Actor(
                 "share",
-                row.id,
-                f"share link from {sharer.email}",
-                row.tenant_id,
-                f"user:{sharer.id}",
+                principal.share_id,
+                f"share link from {principal.email}",
+                principal.tenant_id,
+                f"user:{principal.user_id}",
                 client_ip,
-                (user_agent or "")[:300] or None,
+                agent,
             ),
-            tenant_id=row.tenant_id,
+            tenant_id=principal.tenant_id,
         )
         session.add(
             ShareUse(
-                share_id=row.id,
+                share_id=principal.share_id,
                 used_at=now,
                 client_ip=client_ip,
-                user_agent=(user_agent or "")[:300] or None,
+                user_agent=agent,
                 method=method[:10],
                 path=path[:500],
             )
         )
-    return Principal(
-        user_id=sharer.id,
-        via="share",
-        permissions=granted,
-        tenant_id=row.tenant_id,
-        display_name=f"share link from {sharer.display_name}",
-        share_id=row.id,
-        share_resource=(row.resource_type, row.resource_id),
-    )

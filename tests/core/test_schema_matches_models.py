@@ -8,8 +8,8 @@ from typing import Any
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-import keel.core.keyring
 import keel.audit.models
+import keel.core.keyring
 import keel.core.models
 import keel.identity.models
 import keel.identity.sessions

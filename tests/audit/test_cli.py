@@ -129,3 +129,17 @@ def test_checkpoint_and_prune_with_archive(tmp_path: Path) -> None:
         app, ["audit", "prune", "--before", "2999-01-01", "--archive", str(archive)]
     )
     assert again.exit_code == 1 and "exists" in again.output
+
+
+def test_prune_without_a_date_needs_a_retention(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No --before and no KEEL_AUDIT_RETENTION_DAYS: a one-line error, nothing pruned; with a
+    retention of 1 day, today's events are kept."""
+    _activity()
+    refused = runner.invoke(app, ["audit", "prune", "--archive", str(tmp_path / "a.jsonl")])
+    assert refused.exit_code == 1 and "KEEL_AUDIT_RETENTION_DAYS" in refused.output
+    monkeypatch.setenv("KEEL_AUDIT_RETENTION_DAYS", "1")
+    kept = runner.invoke(app, ["audit", "prune", "--archive", str(tmp_path / "b.jsonl"), "--json"])
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.output)["deleted"] == 0

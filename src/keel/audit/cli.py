@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -202,10 +202,14 @@ def checkpoint_(
 
 @group.command("prune")
 def prune_(
-    before: Annotated[
-        datetime, typer.Option(help="Prune sealed events recorded before this time (UTC).")
-    ],
     archive: Annotated[Path, typer.Option(help="JSON-lines file the pruned events go to first.")],
+    before: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Prune sealed events recorded before this time (UTC). "
+            "Default: now minus KEEL_AUDIT_RETENTION_DAYS."
+        ),
+    ] = None,
     reason: Annotated[
         str, typer.Option(help="Why (recorded in the audit.prune event).")
     ] = "retention",
@@ -220,6 +224,13 @@ def prune_(
     from keel.audit.service import export_rows, prune, seal_all
 
     config = load_config(data_dir=data_dir)
+    if before is None:
+        if config.audit_retention_days is None:
+            fail(
+                "no --before and no retention configured",
+                hint="pass --before DATE or set KEEL_AUDIT_RETENTION_DAYS",
+            )
+        before = datetime.now(UTC) - timedelta(days=config.audit_retention_days)
     if before.tzinfo is None:
         before = before.replace(tzinfo=UTC)
     if archive.exists():

@@ -298,6 +298,15 @@ class Config(BaseSettings):
     )
     jwt_audience: str = Field(default="keel", description="The tokens' `aud`.")
 
+    # --- audit -----------------------------------------------------------------------------
+    audit_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=36500,
+        description="Age after which `keel audit prune` archives and deletes events. Empty: "
+        "keep forever (prune only with an explicit --before).",
+    )
+
     # --- secrets ---------------------------------------------------------------------------
     master_key: SecretStr | None = Field(
         default=None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from keel import Config, Keel, create_app
+from keel.core.modules import KeelModule
 from keel.identity.access import Catalog
 from keel.identity.runtime import identity_runtime
 from keel.identity.service import create_tenant, create_user, set_roles
@@ -62,9 +63,12 @@ class Org:
         return self.client(authorization=f"Bearer {await self.token(email)}")
 
 
-async def build_org(config: Config) -> AsyncIterator[Org]:
-    """Start the app and create tenants `acme` and `bolt` and the `PEOPLE`."""
-    application = create_app(config, configure_logs=False)
+async def build_org(
+    config: Config, modules: Sequence[KeelModule] | None = None
+) -> AsyncIterator[Org]:
+    """Start the app (with extra `modules`) and create tenants `acme` and `bolt` and the
+    `PEOPLE`."""
+    application = create_app(config, modules=modules, configure_logs=False)
     async with LifespanManager(application):
         keel: Keel = application.state.keel
         org = Org(application, keel)

@@ -15,20 +15,16 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, Depends
 from sqlalchemy import func, select, update
 
-from keel import Config, Keel, create_app
+from keel import Config, Keel
 from keel.core.ids import secret_digest
 from keel.core.modules import KeelModule
 from keel.identity.access import require
 from keel.identity.models import ShareLink, ShareUse
 from keel.identity.principal import Principal
-from keel.identity.runtime import identity_runtime
-from keel.identity.service import create_tenant, create_user, set_roles
-from tests.conftest import hashed
-from tests.identity.support import PASSWORD, PEOPLE, Org, json_of
+from tests.identity.support import Org, build_org, json_of
 from tests.identity.test_apikeys import signed_in
 from tests.protection.test_guard import assert_problem
 
@@ -58,25 +54,7 @@ THINGS = KeelModule(name="things", routers=(things_router,))
 @pytest.fixture
 async def org(make_config: Callable[..., Config]) -> AsyncIterator[Org]:
     """support's organisation (tenants acme and bolt, `PEOPLE`) on an app serving `THINGS`."""
-    application = create_app(
-        make_config(rate_limit_login="10000/minute"), modules=[THINGS], configure_logs=False
-    )
-    async with LifespanManager(application):
-        keel: Keel = application.state.keel
-        built = Org(application, keel)
-        catalog = identity_runtime(keel).catalog
-        async with keel.db.transaction() as session:
-            for slug in ("acme", "bolt"):
-                built.tenants[slug] = (await create_tenant(session, slug=slug)).id
-            for email, (tenant, roles) in PEOPLE.items():
-                user = await create_user(
-                    session,
-                    email=email,
-                    password_hash=await hashed(PASSWORD),
-                    tenant_id=built.tenants[tenant] if tenant else None,
-                )
-                await set_roles(session, catalog, None, user, roles, config=keel.config)
-                built.users[email] = user.id
+    async for built in build_org(make_config(rate_limit_login="10000/minute"), [THINGS]):
         yield built
 
 

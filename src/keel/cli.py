@@ -72,8 +72,16 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="debug, info, warning or error [env: KEEL_LOG_LEVEL].")
     ] = None,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker",
+            help="Do not run jobs in this process (run `keel worker` elsewhere) "
+            "[env: KEEL_WORKER_IN_PROCESS=false].",
+        ),
+    ] = False,
 ) -> None:
-    """Run the Keel server (API, pages and every module) until Ctrl-C or SIGTERM.
+    """Run the Keel server (API, pages, every module and a job worker) until Ctrl-C or SIGTERM.
 
     On SQLite the database in the data directory is created and migrated automatically; on
     PostgreSQL run `keel db upgrade` first. In-flight requests get `KEEL_SHUTDOWN_GRACE`
@@ -84,7 +92,13 @@ def serve(
     from keel.app import create_app
     from keel.observability.logging import configure_logging, get_logger
 
-    config = load_config(host=host, port=port, data_dir=data_dir, log_level=log_level)
+    config = load_config(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        log_level=log_level,
+        worker_in_process=False if no_worker else None,
+    )
     configure_logging(config)
     logger = get_logger("keel.cli")
     _require_free_port(config.host, config.port)

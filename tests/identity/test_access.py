@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,17 @@ from fastapi.routing import APIRoute
 from starlette.routing import Mount, Route
 
 import keel
+from keel.audit import Actor, bind_actor, reset_actor
 from keel.core.database import Base
 from keel.core.guards import guard_kind
+from keel.jobs import enqueue, job
 from tests.identity.support import Org, json_of
+
+
+@job("test.access.noop")
+async def _noop(ctx: Any) -> None:
+    """A job kind for the isolation test."""
+
 
 # The OpenAPI document is public by design (it describes the API, not its data).
 PUBLIC_BY_DESIGN = {"/api/v1/openapi.json"}
@@ -100,7 +109,18 @@ async def _acme_resources(org: Org) -> dict[str, str]:
             json={"email": "viewer-a@example.com", "password": "correct horse battery staple"},
         )
         session_id = json_of(signed_in)["session"]["id"]
+    token = bind_actor(
+        Actor("user", org.users["admin-a@example.com"], tenant_id=org.tenants["acme"])
+    )
+    try:
+        async with org.keel.db.transaction() as session:
+            acme_job = await enqueue(
+                session, "test.access.noop", run_at=datetime(2999, 1, 1, tzinfo=UTC)
+            )
+    finally:
+        reset_actor(token)
     return {
+        "job_id": acme_job.id,
         "user_id": org.users["viewer-a@example.com"],
         "tenant_id": org.tenants["acme"],
         "role_id": role["id"],

@@ -298,6 +298,23 @@ class Config(BaseSettings):
     )
     jwt_audience: str = Field(default="keel", description="The tokens' `aud`.")
 
+    # --- jobs ------------------------------------------------------------------------------
+    worker_in_process: bool = Field(
+        default=True, description="Run a job worker inside `keel serve` (`--no-worker`: off)."
+    )
+    worker_queues: CommaList = Field(
+        default_factory=lambda: ["default"], description="Queues the in-process worker serves."
+    )
+    worker_concurrency: int = Field(
+        default=10, ge=1, le=1000, description="Jobs one worker runs at once."
+    )
+    job_lease_seconds: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="A claimed job's lease; a dead worker's job is rescued after it.",
+    )
+
     # --- audit -----------------------------------------------------------------------------
     audit_retention_days: int | None = Field(
         default=None,
@@ -316,7 +333,9 @@ class Config(BaseSettings):
         ),
     )
 
-    @field_validator("allowed_hosts", "cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "allowed_hosts", "cors_origins", "trusted_proxies", "worker_queues", mode="before"
+    )
     @classmethod
     def _comma_lists(cls, value: Any) -> Any:
         return _split_commas(value)

@@ -1,0 +1,520 @@
+"""The queue's state transitions: enqueue, claim, heartbeat, complete, fail, rescue, release,
+cancel and retry. Every write by a worker is fenced by (job id, attempt, lease token)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from keel.audit.context import current_actor
+from keel.core.context import current_trace
+from keel.core.database import Database
+from keel.core.errors import Conflict, NotFound, ValidationFailed
+from keel.core.ids import new_id
+from keel.jobs.models import (
+    ACTIVE,
+    CLAIMABLE,
+    TERMINAL,
+    Job,
+    JobAttempt,
+    JobLog,
+    JobState,
+)
+from keel.jobs.registry import JobSpec, get_spec
+
+__all__ = [
+    "CHANNEL",
+    "MAX_LOG_LINES",
+    "Failure",
+    "backoff",
+    "cancel",
+    "claim",
+    "complete",
+    "enqueue",
+    "enqueue_many",
+    "fail",
+    "heartbeat",
+    "release",
+    "rescue",
+    "retry",
+    "wake_event",
+]
+
+CHANNEL = "keel_jobs"
+MAX_LOG_LINES = 500
+_WAKE: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def wake_event() -> asyncio.Event:
+    """Set when this process commits an enqueue (SQLite's in-process wake-up); one per
+    event loop."""
+    loop = asyncio.get_running_loop()
+    event_ = _WAKE.get(loop)
+    if event_ is None:
+        event_ = _WAKE[loop] = asyncio.Event()
+    return event_
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop("keel.jobs.enqueued", False):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        waiting = _WAKE.get(loop)
+        if waiting is not None:
+            waiting.set()
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+async def _notify(session: AsyncSession, queue: str) -> None:
+    session.sync_session.info["keel.jobs.enqueued"] = True
+    if _is_postgres(session):
+        # Transactional: delivered only if the enqueue commits.
+        await session.execute(
+            text("SELECT pg_notify(:channel, :queue)"), {"channel": CHANNEL, "queue": queue}
+        )
+
+
+def _row(
+    spec: JobSpec,
+    args: Mapping[str, Any],
+    *,
+    run_at: datetime | None,
+    idempotency_key: str | None,
+    priority: int | None,
+    queue: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    if run_at is not None and run_at.tzinfo is None:
+        raise ValidationFailed("run_at needs a time zone")
+    trace = current_trace()
+    actor = current_actor()
+    return {
+        "id": new_id(),
+        "queue": queue or spec.queue,
+        "kind": spec.kind,
+        "args": spec.validate(args),
+        "state": JobState.SCHEDULED if run_at is not None and run_at > now else JobState.AVAILABLE,
+        "priority": spec.priority if priority is None else priority,
+        "run_at": run_at or now,
+        "attempt": 0,
+        "max_attempts": spec.max_attempts,
+        "timeout": spec.timeout,
+        "idempotency_key": idempotency_key,
+        "created_at": now,
+        "logs_dropped": 0,
+        "traceparent": trace.traceparent if trace else None,
+        "origin": f"{actor.type}:{actor.id}" if actor is not None and actor.id else None,
+        "tenant_id": actor.tenant_id if actor is not None else None,
+    }
+
+
+async def enqueue(
+    session: AsyncSession,
+    kind: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    idempotency_key: str | None = None,
+    priority: int | None = None,
+    queue: str | None = None,
+    unique_window: timedelta | None = None,
+) -> Job:
+    """Add a job to the caller's transaction (it exists iff the caller commits).
+
+    With `idempotency_key`, an unfinished job of the same queue and key (or, with
+    `unique_window`, any created within it) is returned instead of a new one.
+    """
+    spec = get_spec(kind)
+    now = datetime.now(UTC)
+    values = _row(
+        spec,
+        args or {},
+        run_at=run_at,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        queue=queue,
+        now=now,
+    )
+    if idempotency_key is not None:
+        existing = await _existing(session, values["queue"], idempotency_key, unique_window, now)
+        if existing is not None:
+            return existing
+    job = Job(**values)
+    try:
+        async with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # A concurrent enqueue with the same key won the race: return its job.
+        existing = await _existing(session, values["queue"], str(idempotency_key), None, now)
+        if existing is None:
+            raise
+        return existing
+    await _notify(session, job.queue)
+    return job
+
+
+async def _existing(
+    session: AsyncSession, queue: str, key: str, window: timedelta | None, now: datetime
+) -> Job | None:
+    # unscoped: idempotency keys are per queue; the enqueuing transaction decides.
+    query = select(Job).where(Job.queue == queue, Job.idempotency_key == key)
+    if window is None:
+        query = query.where(Job.state.in_(ACTIVE))
+    else:
+        query = query.where((Job.state.in_(ACTIVE)) | (Job.created_at >= now - window))
+    return await session.scalar(query.order_by(Job.created_at.desc()).limit(1))
+
+
+async def enqueue_many(
+    session: AsyncSession, kind: str, many: Sequence[Mapping[str, Any]], *, queue: str | None = None
+) -> list[str]:
+    """Add many jobs of one kind in one statement (no idempotency keys); returns their ids."""
+    spec = get_spec(kind)
+    now = datetime.now(UTC)
+    rows = [
+        _row(spec, args, run_at=None, idempotency_key=None, priority=None, queue=queue, now=now)
+        for args in many
+    ]
+    if rows:
+        await session.execute(insert(Job), rows)
+        await _notify(session, rows[0]["queue"])
+    return [row["id"] for row in rows]
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+async def claim(
+    db: Database,
+    *,
+    queues: Sequence[str],
+    limit: int,
+    worker_id: str,
+    lease: timedelta,
+) -> list[Job]:
+    """Take up to `limit` due jobs of `queues` (priority, then due time), each with a fresh
+    lease. PostgreSQL: FOR UPDATE SKIP LOCKED (workers never block each other); SQLite: the
+    write lock serialises claims."""
+    # unscoped: workers serve every tenant's jobs.
+    now = datetime.now(UTC)
+    due = (Job.queue.in_(list(queues)), Job.state.in_(CLAIMABLE), Job.run_at <= now)
+    async with db.session() as session:
+        # A read first, so an idle worker never takes SQLite's write lock.
+        if await session.scalar(select(Job.id).where(*due).limit(1)) is None:
+            return []
+    async with db.transaction() as session:
+        query = select(Job).where(*due).order_by(Job.priority, Job.run_at, Job.id).limit(limit)
+        if _is_postgres(session):
+            query = query.with_for_update(skip_locked=True)
+        jobs = list(await session.scalars(query))
+        for job in jobs:
+            job.state = JobState.RUNNING
+            job.attempt += 1
+            job.lease_token = new_id()
+            job.lease_expires_at = now + lease
+            job.worker_id = worker_id
+            job.started_at = job.started_at or now
+            session.add(
+                JobAttempt(job_id=job.id, attempt=job.attempt, worker_id=worker_id, started_at=now)
+            )
+    return jobs
+
+
+def _fence(job_id: str, attempt: int, token: str) -> Any:
+    return (
+        (Job.id == job_id)
+        & (Job.attempt == attempt)
+        & (Job.lease_token == token)
+        & (Job.state.in_((JobState.RUNNING, JobState.CANCELLING)))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """What a heartbeat learned."""
+
+    owned: bool
+    cancel_requested: bool
+
+
+async def heartbeat(
+    db: Database,
+    job_id: str,
+    attempt: int,
+    token: str,
+    *,
+    lease: timedelta,
+    progress: tuple[float | None, float | None, str | None] | None = None,
+    logs: Sequence[tuple[datetime, str, str]] = (),
+) -> Beat:
+    """Extend the lease and flush buffered progress and log lines (fenced)."""
+    # unscoped: a worker's fenced write to the job it holds.
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        values: dict[str, Any] = {"lease_expires_at": now + lease}
+        if progress is not None:
+            values["progress_done"], values["progress_total"], values["progress_message"] = progress
+        result = await session.execute(
+            update(Job).where(_fence(job_id, attempt, token)).values(**values).returning(Job.state)
+        )
+        state = result.scalar_one_or_none()
+        if state is None:
+            return Beat(owned=False, cancel_requested=False)
+        if logs:
+            await _write_logs(session, job_id, attempt, logs)
+    return Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
+
+
+async def _write_logs(
+    session: AsyncSession, job_id: str, attempt: int, logs: Sequence[tuple[datetime, str, str]]
+) -> None:
+    # unscoped: a worker's write to the job it holds (its caller is fenced).
+    session.add_all(
+        JobLog(job_id=job_id, attempt=attempt, at=at, level=level, message=message[:4000])
+        for at, level, message in logs
+    )
+    await session.flush()
+    count = int(
+        await session.scalar(
+            select(func.count()).select_from(JobLog).where(JobLog.job_id == job_id)
+        )
+        or 0
+    )
+    excess = count - MAX_LOG_LINES
+    if excess > 0:
+        oldest = select(JobLog.id).where(JobLog.job_id == job_id).order_by(JobLog.id).limit(excess)
+        await session.execute(delete(JobLog).where(JobLog.id.in_(oldest.scalar_subquery())))
+        await session.execute(
+            update(Job).where(Job.id == job_id).values(logs_dropped=Job.logs_dropped + excess)
+        )
+
+
+async def complete(
+    db: Database,
+    job_id: str,
+    attempt: int,
+    token: str,
+    *,
+    result: Any = None,
+    progress: tuple[float | None, float | None, str | None] | None = None,
+    logs: Sequence[tuple[datetime, str, str]] = (),
+) -> bool:
+    """Mark the job completed, if this attempt still holds its lease. False when fenced off."""
+    # unscoped: a worker's fenced write to the job it holds.
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        values: dict[str, Any] = {
+            "state": JobState.COMPLETED,
+            "finished_at": now,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "result": result,
+            "last_error": None,
+        }
+        if progress is not None:
+            values["progress_done"], values["progress_total"], values["progress_message"] = progress
+        done = await session.execute(
+            update(Job).where(_fence(job_id, attempt, token)).values(**values).returning(Job.id)
+        )
+        if done.first() is None:
+            return False
+        await _finish_attempt(session, job_id, attempt, now, outcome="completed")
+        if logs:
+            await _write_logs(session, job_id, attempt, logs)
+    return True
+
+
+async def _finish_attempt(
+    session: AsyncSession,
+    job_id: str,
+    attempt: int,
+    now: datetime,
+    *,
+    outcome: str,
+    failure: Failure | None = None,
+) -> None:
+    await session.execute(
+        update(JobAttempt)
+        .where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+        .values(
+            finished_at=now,
+            outcome=outcome,
+            failure_class=failure.kind if failure else None,
+            error_type=failure.error_type if failure else None,
+            error_message=failure.message if failure else None,
+            traceback=failure.traceback if failure else None,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How an attempt failed."""
+
+    kind: str  # transient | permanent | timeout | cancelled | worker_lost | dependency_unavailable
+    error_type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    retry_after: float | None = None
+
+
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base · 2^(attempt-1))]."""
+    return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))  # noqa: S311
+
+
+async def fail(
+    db: Database,
+    job_id: str,
+    attempt: int,
+    token: str,
+    failure: Failure,
+    *,
+    max_attempts: int,
+    delay: float,
+    logs: Sequence[tuple[datetime, str, str]] = (),
+) -> str | None:
+    """Record a failed attempt and move the job on (retryable, discarded or cancelled), if this
+    attempt still holds its lease. Returns the new state, or None when fenced off."""
+    # unscoped: a worker's fenced write to the job it holds.
+    now = datetime.now(UTC)
+    if failure.kind == "cancelled":
+        state = JobState.CANCELLED
+    elif failure.kind == "permanent" or attempt >= max_attempts:
+        state = JobState.DISCARDED
+    else:
+        state = JobState.RETRYABLE
+    async with db.transaction() as session:
+        values: dict[str, Any] = {
+            "state": state,
+            "lease_token": None,
+            "lease_expires_at": None,
+            "last_error": f"{failure.error_type or failure.kind}: {failure.message or ''}"[:2000],
+        }
+        if state == JobState.RETRYABLE:
+            values["run_at"] = now + timedelta(seconds=delay)
+        else:
+            values["finished_at"] = now
+        moved = await session.execute(
+            update(Job).where(_fence(job_id, attempt, token)).values(**values).returning(Job.id)
+        )
+        if moved.first() is None:
+            return None
+        await _finish_attempt(session, job_id, attempt, now, outcome="failed", failure=failure)
+        if logs:
+            await _write_logs(session, job_id, attempt, logs)
+    return state
+
+
+async def release(db: Database, job_id: str, attempt: int, token: str) -> bool:
+    """Give a running job back at once (graceful shutdown): available again, and this
+    interrupted attempt not counted."""
+    # unscoped: a worker's fenced write to the job it holds.
+    async with db.transaction() as session:
+        released = await session.execute(
+            update(Job)
+            .where(_fence(job_id, attempt, token))
+            .values(
+                state=JobState.AVAILABLE,
+                attempt=attempt - 1,
+                lease_token=None,
+                lease_expires_at=None,
+                run_at=datetime.now(UTC),
+            )
+            .returning(Job.id)
+        )
+        if released.first() is None:
+            return False
+        await session.execute(
+            delete(JobAttempt).where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
+        )
+    return True
+
+
+async def rescue(db: Database, *, limit: int = 100) -> int:
+    """Return jobs whose lease expired (their worker died or stalled) to `retryable`, or end
+    them when out of attempts or being cancelled; the attempt counts as `worker_lost`. Safe to
+    run in every worker at once."""
+    # unscoped: the rescuer serves every tenant's jobs.
+    now = datetime.now(UTC)
+    async with db.transaction() as session:
+        query = (
+            select(Job)
+            .where(
+                Job.state.in_((JobState.RUNNING, JobState.CANCELLING)),
+                Job.lease_expires_at < now,
+            )
+            .order_by(Job.lease_expires_at)
+            .limit(limit)
+        )
+        if _is_postgres(session):
+            query = query.with_for_update(skip_locked=True)
+        jobs = list(await session.scalars(query))
+        lost = Failure("worker_lost", "WorkerLost", "the worker stopped heartbeating")
+        for job in jobs:
+            await _finish_attempt(session, job.id, job.attempt, now, outcome="failed", failure=lost)
+            job.lease_token, job.lease_expires_at = None, None
+            job.last_error = "worker_lost: the worker stopped heartbeating"
+            if job.state == JobState.CANCELLING:
+                job.state, job.finished_at = JobState.CANCELLED, now
+            elif job.attempt >= job.max_attempts:
+                job.state, job.finished_at = JobState.DISCARDED, now
+            else:
+                job.state, job.run_at = JobState.RETRYABLE, now
+    return len(jobs)
+
+
+# --- operators ---------------------------------------------------------------------------------
+
+
+async def get_job(session: AsyncSession, job_id: str) -> Job:
+    """The job, or `NotFound`."""
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise NotFound("no such job")
+    return job
+
+
+async def cancel(session: AsyncSession, job_id: str) -> Job:
+    """Cancel: a queued job at once; a running one is asked to stop (`cancelling`)."""
+    job = await get_job(session, job_id)
+    now = datetime.now(UTC)
+    if job.state in CLAIMABLE:
+        job.state, job.finished_at = JobState.CANCELLED, now
+    elif job.state == JobState.RUNNING:
+        job.state, job.cancel_requested_at = JobState.CANCELLING, now
+    elif job.state in TERMINAL:
+        raise Conflict(f"the job is already {job.state}")
+    return job
+
+
+async def retry(session: AsyncSession, job_id: str) -> Job:
+    """Run a cancelled or discarded job again: a new attempt, its history kept."""
+    job = await get_job(session, job_id)
+    if job.state not in (JobState.CANCELLED, JobState.DISCARDED):
+        raise Conflict(f"only cancelled or discarded jobs can be retried (this one is {job.state})")
+    job.state = JobState.AVAILABLE
+    job.run_at = datetime.now(UTC)
+    job.finished_at = None
+    job.cancel_requested_at = None
+    job.max_attempts = max(job.max_attempts, job.attempt + 1)
+    await _notify(session, job.queue)
+    return job

@@ -1,0 +1,423 @@
+"""The worker: claims jobs, runs them with a context, heartbeats their leases, rescues jobs
+whose worker died, and shuts down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.audit.context import Actor, bind_actor, reset_actor
+from keel.core.context import TraceContext, reset_trace, set_trace
+from keel.core.database import Database
+from keel.core.ids import new_id
+from keel.jobs.models import Job, JobEffect
+from keel.jobs.registry import JobSpec, Permanent, Transient, registered
+from keel.jobs.service import (
+    CHANNEL,
+    Failure,
+    backoff,
+    claim,
+    complete,
+    fail,
+    heartbeat,
+    release,
+    rescue,
+    wake_event,
+)
+from keel.observability.logging import get_logger
+
+__all__ = ["JobContext", "LeaseLost", "Worker"]
+
+T = TypeVar("T")
+_logger = get_logger("keel.jobs")
+
+
+class LeaseLost(Exception):
+    """This attempt no longer holds the job's lease: another attempt owns the job now."""
+
+
+class _Log:
+    def __init__(self, context: JobContext) -> None:
+        self._context = context
+
+    def _add(self, level: str, message: str) -> None:
+        self._context._logs.append((datetime.now(UTC), level, message))
+        if len(self._context._logs) > 1000:  # a chatty job between flushes
+            del self._context._logs[: len(self._context._logs) - 1000]
+
+    def debug(self, message: str) -> None:
+        self._add("debug", message)
+
+    def info(self, message: str) -> None:
+        self._add("info", message)
+
+    def warning(self, message: str) -> None:
+        self._add("warning", message)
+
+    def error(self, message: str) -> None:
+        self._add("error", message)
+
+
+class JobContext:
+    """What a running job sees: its ids, progress, a stored log, cancellation, exactly-once."""
+
+    def __init__(self, db: Database, job: Job, token: str) -> None:
+        self.db = db
+        self.job_id = job.id
+        self.kind = job.kind
+        self.attempt = job.attempt
+        self.args = dict(job.args)
+        self.traceparent = job.traceparent
+        self._token = token
+        self._cancelled = asyncio.Event()
+        self._logs: list[tuple[datetime, str, str]] = []
+        self._progress: tuple[float | None, float | None, str | None] | None = None
+        self.log = _Log(self)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether an operator asked this job to stop (check it between steps)."""
+        return self._cancelled.is_set()
+
+    async def wait_cancelled(self) -> None:
+        """Return when the job is asked to stop."""
+        await self._cancelled.wait()
+
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report progress; written with the next heartbeat (at most once a second)."""
+        self._progress = (done, total, (message or "")[:500] or None)
+
+    def _take(self) -> tuple[Any, list[tuple[datetime, str, str]]]:
+        progress, self._progress = self._progress, None
+        logs, self._logs = self._logs, []
+        return progress, logs
+
+    async def once(self, key: str, effect: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
+        """Run `effect(session)` in a transaction that also records `key` for this job, and
+        only if this attempt still holds the lease: the effect commits at most once however
+        often the job is retried or rescued. Returns None when it already committed."""
+        # unscoped: the running job checks its own lease.
+        async with self.db.transaction() as session:
+            query = select(Job.id).where(
+                Job.id == self.job_id, Job.attempt == self.attempt, Job.lease_token == self._token
+            )
+            if session.bind is not None and session.bind.dialect.name == "postgresql":
+                query = query.with_for_update()
+            if await session.scalar(query) is None:
+                raise LeaseLost()
+            if await session.get(JobEffect, (self.job_id, key)) is not None:
+                return None
+            session.add(
+                JobEffect(job_id=self.job_id, key=key, attempt=self.attempt, at=datetime.now(UTC))
+            )
+            try:
+                await session.flush()
+            except IntegrityError:
+                return None
+            return await effect(session)
+
+
+def _trace_of(traceparent: str | None) -> TraceContext | None:
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    if len(parts) != 4:
+        return None
+    return TraceContext(
+        trace_id=parts[1],
+        span_id=new_id().replace("-", "")[:16],
+        parent_span_id=parts[2],
+        sampled=parts[3] == "01",
+        request_id=parts[1],
+    )
+
+
+class Worker:
+    """Runs jobs of `queues`, at most `concurrency` at once."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        queues: Sequence[str] = ("default",),
+        concurrency: int = 10,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+        grace: float = 10.0,
+        cancel_grace: float = 10.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.db = db
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.lease = timedelta(seconds=lease)
+        self.poll_interval = poll_interval
+        self.grace = grace
+        self.cancel_grace = cancel_grace
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
+        self._cancel_deadlines: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+        self._listener: Any = None
+
+    async def run(self) -> None:
+        """Work until `stop()`; then finish running jobs within the grace period and give the
+        rest back."""
+        loops = [
+            asyncio.create_task(self._heartbeats(), name="keel-jobs-heartbeat"),
+            asyncio.create_task(self._rescuer(), name="keel-jobs-rescuer"),
+        ]
+        await self._listen()
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            for task in loops:
+                task.cancel()
+            for task in loops:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._unlisten()
+
+    def stop(self) -> None:
+        """Stop claiming; `run()` then winds down."""
+        self._stopping.set()
+        wake_event().set()
+
+    # --- claiming ----------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        wake = wake_event()
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            claimed: list[Job] = []
+            if free > 0:
+                try:
+                    claimed = await claim(
+                        self.db,
+                        queues=self.queues,
+                        limit=free,
+                        worker_id=self.worker_id,
+                        lease=self.lease,
+                    )
+                except Exception as exc:  # noqa: BLE001 - the database may be down a while
+                    _logger.warning("claiming jobs failed", error=str(exc))
+            for job in claimed:
+                self._start(job)
+            if claimed and len(claimed) == free:
+                continue  # more may be waiting
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
+
+    def _start(self, job: Job) -> None:
+        token = str(job.lease_token)
+        context = JobContext(self.db, job, token)
+        task = asyncio.create_task(self._execute(job, context), name=f"keel-job-{job.id}")
+        self._running[job.id] = (task, context)
+        job_id = job.id
+
+        def finished(_task: asyncio.Task[None]) -> None:
+            self._finished(job_id)
+
+        task.add_done_callback(finished)
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._cancel_deadlines.pop(job_id, None)
+        wake_event().set()  # a slot is free
+
+    # --- running -----------------------------------------------------------------------------
+    async def _execute(self, job: Job, context: JobContext) -> None:
+        spec = registered().get(job.kind)
+        trace_token = set_trace(_trace_of(job.traceparent))
+        actor_token = bind_actor(
+            Actor("system", f"job:{job.id}", job.kind, job.tenant_id, job.origin)
+        )
+        try:
+            if spec is None:
+                await self._failed(
+                    context, job, Failure("permanent", "UnknownKind", f"no job kind {job.kind!r}")
+                )
+                return
+            await self._run(spec, job, context)
+        finally:
+            reset_actor(actor_token)
+            reset_trace(trace_token)
+
+    async def _run(self, spec: JobSpec, job: Job, context: JobContext) -> None:
+        try:
+            kwargs = spec.call_arguments(job.args)
+            if spec.is_async:
+                call = spec.func(context, **kwargs)
+            else:
+                call = asyncio.to_thread(spec.func, context, **kwargs)
+            result = await asyncio.wait_for(call, timeout=job.timeout)
+        except asyncio.CancelledError:
+            if self._stopping.is_set() and not context.cancelled:
+                raise  # shutdown: the lease is released by _drain
+            await self._failed(context, job, Failure("cancelled", "Cancelled", "cancelled"))
+            return
+        except TimeoutError:
+            await self._failed(
+                context, job, Failure("timeout", "Timeout", f"ran longer than {job.timeout} s")
+            )
+            return
+        except LeaseLost:
+            return  # another attempt owns the job: write nothing
+        except Exception as exc:  # noqa: BLE001 - every failure of a job is recorded
+            await self._failed(context, job, _classify(exc))
+            return
+        progress, logs = context._take()
+        try:
+            stored = await complete(
+                self.db,
+                job.id,
+                context.attempt,
+                context._token,
+                result=_jsonable(result),
+                progress=progress,
+                logs=logs,
+            )
+        except Exception as exc:  # noqa: BLE001 - the rescuer will retry the job
+            _logger.warning("recording a completion failed", job_id=job.id, error=str(exc))
+            return
+        if not stored:
+            _logger.warning("completion fenced off: the lease was lost", job_id=job.id)
+
+    async def _failed(self, context: JobContext, job: Job, failure: Failure) -> None:
+        spec = registered().get(job.kind)
+        delay = (
+            failure.retry_after
+            if failure.retry_after is not None
+            else backoff(
+                context.attempt,
+                base=spec.backoff_base if spec else 1.0,
+                cap=spec.backoff_cap if spec else 3600.0,
+            )
+        )
+        _progress, logs = context._take()
+        try:
+            await fail(
+                self.db,
+                job.id,
+                context.attempt,
+                context._token,
+                failure,
+                max_attempts=job.max_attempts,
+                delay=delay,
+                logs=logs,
+            )
+        except Exception as exc:  # noqa: BLE001 - the rescuer will pick the job up
+            _logger.warning("recording a failure failed", job_id=job.id, error=str(exc))
+
+    # --- leases ------------------------------------------------------------------------------
+    async def _heartbeats(self) -> None:
+        interval = min(1.0, self.lease.total_seconds() / 3)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            for job_id, (task, context) in list(self._running.items()):
+                progress, logs = context._take()
+                try:
+                    beat = await heartbeat(
+                        self.db,
+                        job_id,
+                        context.attempt,
+                        context._token,
+                        lease=self.lease,
+                        progress=progress,
+                        logs=logs,
+                    )
+                except Exception as exc:  # noqa: BLE001 - retried next beat
+                    _logger.warning("heartbeat failed", job_id=job_id, error=str(exc))
+                    continue
+                if not beat.owned:
+                    task.cancel()  # another attempt owns it; our writes are fenced anyway
+                elif beat.cancel_requested and not context.cancelled:
+                    context._cancelled.set()
+                    self._cancel_deadlines[job_id] = loop.time() + self.cancel_grace
+                deadline = self._cancel_deadlines.get(job_id)
+                if deadline is not None and loop.time() > deadline and not task.done():
+                    task.cancel()  # the hard stop after the cancel grace period
+
+    async def _rescuer(self) -> None:
+        interval = max(1.0, self.lease.total_seconds() / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await rescue(self.db):
+                    wake_event().set()
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                _logger.warning("rescuing jobs failed", error=str(exc))
+
+    async def _drain(self) -> None:
+        running = list(self._running.items())
+        if not running:
+            return
+        tasks = [task for task, _context in self._running.values()]
+        _done, pending = await asyncio.wait(tasks, timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for job_id, (task, context) in running:
+            if task in pending:
+                with contextlib.suppress(Exception):
+                    await release(self.db, job_id, context.attempt, context._token)
+
+    # --- notifications -----------------------------------------------------------------------
+    async def _listen(self) -> None:
+        if self.db.dialect != "postgresql":
+            return
+        try:
+            import psycopg
+
+            url = self.db.url.replace("postgresql+psycopg://", "postgresql://")
+            connection = await psycopg.AsyncConnection.connect(url, autocommit=True)
+            await connection.execute(f"LISTEN {CHANNEL}")
+            self._listener = connection
+
+            async def forward() -> None:
+                async for _note in connection.notifies():
+                    wake_event().set()
+
+            self._listener_task = asyncio.create_task(forward(), name="keel-jobs-listen")
+        except Exception as exc:  # noqa: BLE001 - polling still guarantees progress
+            _logger.warning("LISTEN failed; polling only", error=str(exc))
+
+    async def _unlisten(self) -> None:
+        task = getattr(self, "_listener_task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+
+
+def _classify(exc: BaseException) -> Failure:
+    text = "".join(traceback.format_exception(exc, limit=8))[-4000:]
+    kind = "permanent" if isinstance(exc, Permanent) else "transient"
+    if type(exc).__name__ == "DependencyUnavailable":
+        kind = "dependency_unavailable"
+    retry_after = exc.retry_after if isinstance(exc, Transient) else None
+    return Failure(kind, type(exc).__name__, str(exc)[:2000], text, retry_after)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)

@@ -1,0 +1,106 @@
+"""The crash test: worker processes are SIGKILLed at random points while running jobs; a
+last worker then finishes everything, nothing is lost and no effect is committed twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from keel import Config
+from keel.core.database import Database
+from keel.jobs import enqueue_many
+from keel.jobs.models import Job, JobAttempt, JobState
+from tests.conftest import TEST_MASTER_KEY
+from tests.jobs.crash_jobs import LEDGER
+
+ROOT = Path(__file__).resolve().parents[2]
+KILLS = int(os.environ.get("KEEL_TEST_CRASH_KILLS", "20"))
+JOBS = 150
+WORKER = (
+    "import sys; sys.path.insert(0, {root!r}); import tests.jobs.crash_jobs; "
+    "from keel.cli import main; sys.argv = ['keel', 'worker', '--concurrency', '8']; main()"
+)
+
+
+def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER.format(root=str(ROOT))],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_kill_9_loses_no_job_and_commits_no_effect_twice(
+    config: Config, tmp_path: Path
+) -> None:
+    """20 workers are killed with SIGKILL at random moments mid-run; a last one drains the
+    queue. Every job ends completed, and the ledger holds exactly one row per job."""
+    db = Database(config)
+    from keel.core.migrate import upgrade
+
+    await upgrade(db)
+    async with db.engine.begin() as connection:
+        await connection.run_sync(LEDGER.create)
+    async with db.transaction() as session:
+        await enqueue_many(session, "crash.ledger", [{"n": n} for n in range(JOBS)])
+    env = {
+        **os.environ,
+        "KEEL_DATABASE_URL": config.effective_database_url,
+        "KEEL_DATA_DIR": str(tmp_path / "data"),
+        "KEEL_MASTER_KEY": TEST_MASTER_KEY,
+        "KEEL_JOB_LEASE_SECONDS": "1",
+        "KEEL_LOG_LEVEL": "warning",
+        "KEEL_CONFIG_FILE": str(tmp_path / "absent.toml"),
+    }
+    rng = random.Random(7)
+    kills = 0
+    try:
+        for _ in range(KILLS):
+            process = _worker(env)
+            await asyncio.sleep(rng.uniform(0.8, 2.0))  # import time, then some jobs in flight
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            kills += 1
+        last = _worker(env)
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                async with db.session() as session:
+                    open_jobs = await session.scalar(
+                        select(func.count()).select_from(Job).where(Job.state != JobState.COMPLETED)
+                    )
+                if open_jobs == 0:
+                    break
+                await asyncio.sleep(0.25)
+        finally:
+            last.send_signal(signal.SIGTERM)
+            last.wait(timeout=30)
+        async with db.session() as session:
+            states = dict(
+                (await session.execute(select(Job.state, func.count()).group_by(Job.state))).all()
+            )
+            per_job = (
+                await session.execute(
+                    select(LEDGER.c.job_id, func.count()).group_by(LEDGER.c.job_id)
+                )
+            ).all()
+            lost = await session.scalar(
+                select(func.count())
+                .select_from(JobAttempt)
+                .where(JobAttempt.failure_class == "worker_lost")
+            )
+        assert kills == KILLS
+        assert states == {JobState.COMPLETED: JOBS}
+        assert len(per_job) == JOBS and {count for _job, count in per_job} == {1}
+        assert (lost or 0) > 0, "the kills should have left leases to rescue"
+    finally:
+        await db.dispose()

@@ -30,3 +30,12 @@ async def write_ledger(ctx: JobContext, n: int) -> int:
     await ctx.once("ledger", effect)
     await asyncio.sleep(random.uniform(0.0, 0.05))
     return n
+
+
+@job("crash.slow", max_attempts=10)
+async def slow(ctx: JobContext, seconds: float) -> str:
+    """Long enough to be killed in the middle."""
+    for step in range(int(seconds * 10)):
+        ctx.progress(step, seconds * 10)
+        await asyncio.sleep(0.1)
+    return "finished"

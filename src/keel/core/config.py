@@ -315,6 +315,15 @@ class Config(BaseSettings):
         description="A claimed job's lease; a dead worker's job is rescued after it.",
     )
 
+    job_retention_completed_hours: float = Field(
+        default=24.0, ge=0.0, description="Completed jobs are deleted after this long."
+    )
+    job_retention_failed_days: float = Field(
+        default=7.0,
+        ge=0.0,
+        description="Discarded and cancelled jobs are deleted after this long.",
+    )
+
     # --- audit -----------------------------------------------------------------------------
     audit_retention_days: int | None = Field(
         default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -170,6 +171,8 @@ def worker(
                 concurrency=concurrency or config.worker_concurrency,
                 lease=config.job_lease_seconds,
                 grace=float(config.shutdown_grace),
+                completed_retention=timedelta(hours=config.job_retention_completed_hours),
+                failed_retention=timedelta(days=config.job_retention_failed_days),
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ __all__ = [
     "ACTIVE",
     "CLAIMABLE",
     "TERMINAL",
+    "CronSlot",
     "Job",
     "JobAttempt",
     "JobEffect",
@@ -158,3 +159,15 @@ class JobEffect(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CronSlot(Base):
+    """A schedule slot that has been enqueued: the primary key makes it exactly once, however
+    many schedulers run."""
+
+    __tablename__ = "keel_cron_slots"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    slot: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from keel.core.modules import KeelModule, PermissionSpec
@@ -34,6 +35,8 @@ async def _start(keel: Keel) -> None:
         concurrency=config.worker_concurrency,
         lease=config.job_lease_seconds,
         grace=float(config.shutdown_grace),
+        completed_retention=timedelta(hours=config.job_retention_completed_hours),
+        failed_retention=timedelta(days=config.job_retention_failed_days),
     )
     keel.state["jobs.worker"] = worker
     keel.state["jobs.task"] = asyncio.create_task(worker.run(), name="keel-jobs-worker")

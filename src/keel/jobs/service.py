@@ -518,3 +518,31 @@ async def retry(session: AsyncSession, job_id: str) -> Job:
     job.max_attempts = max(job.max_attempts, job.attempt + 1)
     await _notify(session, job.queue)
     return job
+
+
+async def prune_finished(
+    db: Database, *, completed_after: timedelta, failed_after: timedelta, batch: int = 1000
+) -> int:
+    """Delete finished jobs past their retention (completed ones sooner than discarded or
+    cancelled ones, which operators may still inspect or retry), `batch` at a time so the hot
+    table stays small without long locks. Returns how many went."""
+    now = datetime.now(UTC)
+    total = 0
+    for states, age in (
+        ((JobState.COMPLETED,), completed_after),
+        ((JobState.DISCARDED, JobState.CANCELLED), failed_after),
+    ):
+        while True:
+            async with db.transaction() as session:
+                # unscoped: retention applies to every tenant's jobs.
+                ids = (
+                    select(Job.id)
+                    .where(Job.state.in_(states), Job.finished_at < now - age)
+                    .limit(batch)
+                )
+                result = await session.execute(delete(Job).where(Job.id.in_(ids.scalar_subquery())))
+            removed = int(getattr(result, "rowcount", 0) or 0)
+            total += removed
+            if removed < batch:
+                break
+    return total

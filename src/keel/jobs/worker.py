@@ -20,6 +20,7 @@ from keel.audit.context import Actor, bind_actor, reset_actor
 from keel.core.context import TraceContext, reset_trace, set_trace
 from keel.core.database import Database
 from keel.core.ids import new_id
+from keel.jobs.cron import enqueue_due, prune_slots
 from keel.jobs.models import Job, JobEffect
 from keel.jobs.registry import JobSpec, Permanent, Transient, registered
 from keel.jobs.service import (
@@ -30,6 +31,7 @@ from keel.jobs.service import (
     complete,
     fail,
     heartbeat,
+    prune_finished,
     release,
     rescue,
     wake_event,
@@ -39,6 +41,8 @@ from keel.observability.logging import get_logger
 __all__ = ["JobContext", "LeaseLost", "Worker"]
 
 T = TypeVar("T")
+PRUNE_INTERVAL = 600.0
+"""Seconds between retention passes over finished jobs."""
 _logger = get_logger("keel.jobs")
 
 
@@ -156,6 +160,8 @@ class Worker:
         grace: float = 10.0,
         cancel_grace: float = 10.0,
         worker_id: str | None = None,
+        completed_retention: timedelta = timedelta(hours=24),
+        failed_retention: timedelta = timedelta(days=7),
     ) -> None:
         self.db = db
         self.queues = list(queues)
@@ -164,6 +170,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.grace = grace
         self.cancel_grace = cancel_grace
+        self.completed_retention = completed_retention
+        self.failed_retention = failed_retention
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._cancel_deadlines: dict[str, float] = {}
@@ -176,6 +184,7 @@ class Worker:
         loops = [
             asyncio.create_task(self._heartbeats(), name="keel-jobs-heartbeat"),
             asyncio.create_task(self._rescuer(), name="keel-jobs-rescuer"),
+            asyncio.create_task(self._scheduler(), name="keel-jobs-scheduler"),
         ]
         await self._listen()
         try:
@@ -359,6 +368,27 @@ class Worker:
                     wake_event().set()
             except Exception as exc:  # noqa: BLE001 - retried next round
                 _logger.warning("rescuing jobs failed", error=str(exc))
+
+    async def _scheduler(self) -> None:
+        """Cron slots every second; retention pruning every `PRUNE_INTERVAL`."""
+        seen: dict[str, datetime] = {}
+        loop = asyncio.get_running_loop()
+        last_prune = float("-inf")
+        while True:
+            try:
+                if await enqueue_due(self.db, seen=seen):
+                    wake_event().set()
+                if loop.time() - last_prune >= PRUNE_INTERVAL:
+                    last_prune = loop.time()
+                    await prune_finished(
+                        self.db,
+                        completed_after=self.completed_retention,
+                        failed_after=self.failed_retention,
+                    )
+                    await prune_slots(self.db)
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                _logger.warning("scheduling jobs failed", error=str(exc))
+            await asyncio.sleep(1.0)
 
     async def _drain(self) -> None:
         running = list(self._running.items())

@@ -138,9 +138,18 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("job_id", "key", name=op.f("pk_keel_job_effects")),
     )
+    op.create_table(
+        "keel_cron_slots",
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("slot", _TS, nullable=False),
+        sa.Column("job_id", sa.String(36), nullable=False),
+        sa.Column("created_at", _TS, nullable=False),
+        sa.PrimaryKeyConstraint("name", "slot", name=op.f("pk_keel_cron_slots")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("keel_cron_slots")
     op.drop_table("keel_job_effects")
     op.drop_table("keel_job_logs")
     op.drop_table("keel_job_attempts")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 
 from keel.audit import record
 from keel.core.errors import NotFound, ValidationFailed, problem_responses
 from keel.core.principal import Principal, require, tenant_scope
-from keel.jobs.models import Job, JobAttempt, JobLog, JobState
+from keel.jobs.models import TERMINAL, Job, JobAttempt, JobLog, JobState
 from keel.jobs.service import cancel, retry
 
 if TYPE_CHECKING:
@@ -57,6 +61,78 @@ def job_data(job: Job) -> dict[str, Any]:
         "result": job.result,
         "idempotency_key": job.idempotency_key,
     }
+
+
+SSE_POLL = 0.5
+SSE_MAX_SECONDS = 3600.0
+
+
+def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return (head + f"event: {event}\ndata: {orjson.dumps(data, default=str).decode()}\n\n").encode()
+
+
+async def _event_stream(keel: Keel, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """The job's state and progress whenever they change, and its log lines after log id
+    `after` (each carries its id, so a client resumes with Last-Event-ID), until the job
+    finishes (or an hour passes: the client reconnects)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SSE_MAX_SECONDS
+    last_snapshot: Any = None
+    yield b"retry: 1000\n\n"
+    while True:
+        async with keel.db.session() as session:
+            job = await session.get(Job, job_id)
+            lines = list(
+                await session.scalars(
+                    select(JobLog)
+                    .where(JobLog.job_id == job_id, JobLog.id > after)
+                    .order_by(JobLog.id)
+                    .limit(500)
+                )
+            )
+        if job is None:
+            yield _sse("gone", {"id": job_id})
+            return
+        for line in lines:
+            after = line.id
+            yield _sse(
+                "log",
+                {
+                    "at": line.at,
+                    "attempt": line.attempt,
+                    "level": line.level,
+                    "message": line.message,
+                },
+                line.id,
+            )
+        snapshot = (
+            job.state,
+            job.attempt,
+            job.progress_done,
+            job.progress_total,
+            job.progress_message,
+        )
+        if snapshot != last_snapshot:
+            last_snapshot = snapshot
+            yield _sse(
+                "state",
+                {
+                    "state": job.state,
+                    "attempt": job.attempt,
+                    "progress": {
+                        "done": job.progress_done,
+                        "total": job.progress_total,
+                        "message": job.progress_message,
+                    },
+                },
+                after,
+            )
+        if job.state in TERMINAL and not lines:
+            return
+        if loop.time() > deadline:
+            return
+        await asyncio.sleep(SSE_POLL)
 
 
 def jobs_router(keel: Keel) -> APIRouter:
@@ -145,6 +221,24 @@ def jobs_router(keel: Keel) -> APIRouter:
                 for line in logs
             ],
         }
+
+    @router.get(
+        "/{job_id}/events",
+        summary="Server-sent events: state, progress and log lines until the job finishes "
+        "(resume with Last-Event-ID)",
+        responses=problem_responses(401, 403, 404),
+        response_class=StreamingResponse,
+    )
+    async def events(job_id: str, actor: Reader, request: Request) -> StreamingResponse:
+        async with keel.db.session() as session:
+            job = await visible(session, actor, job_id)
+        last_header = request.headers.get("last-event-id", "")
+        after = int(last_header) if last_header.isdigit() else 0
+        return StreamingResponse(
+            _event_stream(keel, job.id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     @router.post(
         "/{job_id}/cancel", summary="Cancel a job", responses=problem_responses(401, 403, 404, 409)

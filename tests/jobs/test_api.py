@@ -120,3 +120,15 @@ def _parse(text: str) -> list[dict[str, Any]]:
                 }
             )
     return events
+
+
+async def test_job_metrics_are_exported(org: Org) -> None:
+    """Run time, wait and queue depth appear on /metrics."""
+    job_id = await _enqueue(org, "admin-a@example.com", "test.api.chatty", {"lines": 1})
+    async with await org.as_user("operator-a@example.com") as http:
+        await _done(org, http, job_id)
+    async with org.client() as http:
+        text = (await http.get("/metrics")).text
+    assert 'keel_job_run_seconds_count{kind="test.api.chatty",outcome="completed"} 1.0' in text
+    assert 'keel_job_wait_seconds_count{queue="default"} 1.0' in text
+    assert "# TYPE keel_jobs gauge" in text

@@ -24,6 +24,7 @@ JOB_PERMISSIONS = (
 
 
 async def _start(keel: Keel) -> None:
+    from keel.jobs.metrics import JobMetrics
     from keel.jobs.worker import Worker
 
     config = keel.config
@@ -37,6 +38,7 @@ async def _start(keel: Keel) -> None:
         grace=float(config.shutdown_grace),
         completed_retention=timedelta(hours=config.job_retention_completed_hours),
         failed_retention=timedelta(days=config.job_retention_failed_days),
+        metrics=JobMetrics(keel.metrics_registry),
     )
     keel.state["jobs.worker"] = worker
     keel.state["jobs.task"] = asyncio.create_task(worker.run(), name="keel-jobs-worker")

@@ -21,6 +21,7 @@ from keel.core.context import TraceContext, reset_trace, set_trace
 from keel.core.database import Database
 from keel.core.ids import new_id
 from keel.jobs.cron import enqueue_due, prune_slots
+from keel.jobs.metrics import JobMetrics
 from keel.jobs.models import Job, JobEffect
 from keel.jobs.registry import JobSpec, Permanent, Transient, registered
 from keel.jobs.service import (
@@ -42,6 +43,7 @@ __all__ = ["JobContext", "LeaseLost", "Worker"]
 
 T = TypeVar("T")
 PRUNE_INTERVAL = 600.0
+DEPTH_INTERVAL = 5.0
 """Seconds between retention passes over finished jobs."""
 _logger = get_logger("keel.jobs")
 
@@ -86,6 +88,7 @@ class JobContext:
         self._cancelled = asyncio.Event()
         self._logs: list[tuple[datetime, str, str]] = []
         self._progress: tuple[float | None, float | None, str | None] | None = None
+        self._failure: str | None = None
         self.log = _Log(self)
 
     @property
@@ -162,6 +165,7 @@ class Worker:
         worker_id: str | None = None,
         completed_retention: timedelta = timedelta(hours=24),
         failed_retention: timedelta = timedelta(days=7),
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.db = db
         self.queues = list(queues)
@@ -170,6 +174,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.grace = grace
         self.cancel_grace = cancel_grace
+        self.metrics = metrics
         self.completed_retention = completed_retention
         self.failed_retention = failed_retention
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
@@ -220,7 +225,12 @@ class Worker:
                     )
                 except Exception as exc:  # noqa: BLE001 - the database may be down a while
                     _logger.warning("claiming jobs failed", error=str(exc))
+            now = datetime.now(UTC)
             for job in claimed:
+                if self.metrics is not None:
+                    self.metrics.wait.labels(job.queue).observe(
+                        max(0.0, (now - job.run_at).total_seconds())
+                    )
                 self._start(job)
             if claimed and len(claimed) == free:
                 continue  # more may be waiting
@@ -247,6 +257,19 @@ class Worker:
 
     # --- running -----------------------------------------------------------------------------
     async def _execute(self, job: Job, context: JobContext) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            await self._execute_traced(job, context)
+        finally:
+            if self.metrics is not None:
+                outcome = "failed" if context._failure is not None else "completed"
+                self.metrics.run_time.labels(job.kind, outcome).observe(
+                    asyncio.get_running_loop().time() - started
+                )
+                if context._failure is not None:
+                    self.metrics.failures.labels(job.kind, context._failure).inc()
+
+    async def _execute_traced(self, job: Job, context: JobContext) -> None:
         spec = registered().get(job.kind)
         trace_token = set_trace(_trace_of(job.traceparent))
         actor_token = bind_actor(
@@ -304,6 +327,7 @@ class Worker:
             _logger.warning("completion fenced off: the lease was lost", job_id=job.id)
 
     async def _failed(self, context: JobContext, job: Job, failure: Failure) -> None:
+        context._failure = failure.kind
         spec = registered().get(job.kind)
         delay = (
             failure.retry_after
@@ -373,11 +397,14 @@ class Worker:
         """Cron slots every second; retention pruning every `PRUNE_INTERVAL`."""
         seen: dict[str, datetime] = {}
         loop = asyncio.get_running_loop()
-        last_prune = float("-inf")
+        last_prune = last_depth = float("-inf")
         while True:
             try:
                 if await enqueue_due(self.db, seen=seen):
                     wake_event().set()
+                if self.metrics is not None and loop.time() - last_depth >= DEPTH_INTERVAL:
+                    last_depth = loop.time()
+                    await self.metrics.refresh_depth(self.db)
                 if loop.time() - last_prune >= PRUNE_INTERVAL:
                     last_prune = loop.time()
                     await prune_finished(

@@ -168,7 +168,17 @@ class Worker:
         metrics: JobMetrics | None = None,
     ) -> None:
         self.db = db
-        self.queues = list(queues)
+        # "name" or "name:limit" (at most `limit` of that queue's jobs at once in this worker).
+        self.queues: list[str] = []
+        self.queue_limits: dict[str, int] = {}
+        for entry in queues:
+            name, _, limit = entry.partition(":")
+            self.queues.append(name.strip())
+            if limit.strip():
+                if not limit.strip().isdigit() or int(limit) < 1:
+                    raise ValueError(f"queue limit in {entry!r} must be a positive integer")
+                self.queue_limits[name.strip()] = int(limit)
+        self._queue_of: dict[str, str] = {}
         self.concurrency = concurrency
         self.lease = timedelta(seconds=lease)
         self.poll_interval = poll_interval
@@ -216,13 +226,7 @@ class Worker:
             claimed: list[Job] = []
             if free > 0:
                 try:
-                    claimed = await claim(
-                        self.db,
-                        queues=self.queues,
-                        limit=free,
-                        worker_id=self.worker_id,
-                        lease=self.lease,
-                    )
+                    claimed = await self._claim(free)
                 except Exception as exc:  # noqa: BLE001 - the database may be down a while
                     _logger.warning("claiming jobs failed", error=str(exc))
             now = datetime.now(UTC)
@@ -238,11 +242,30 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
 
+    async def _claim(self, free: int) -> list[Job]:
+        """Claim up to `free` jobs, honouring per-queue limits."""
+        unlimited = [q for q in self.queues if q not in self.queue_limits]
+        claimed: list[Job] = []
+        for queue, limit in self.queue_limits.items():
+            busy = sum(1 for name in self._queue_of.values() if name == queue)
+            room = min(free - len(claimed), limit - busy)
+            if room > 0:
+                claimed += await claim(
+                    self.db, queues=[queue], limit=room, worker_id=self.worker_id, lease=self.lease
+                )
+        room = free - len(claimed)
+        if unlimited and room > 0:
+            claimed += await claim(
+                self.db, queues=unlimited, limit=room, worker_id=self.worker_id, lease=self.lease
+            )
+        return claimed
+
     def _start(self, job: Job) -> None:
         token = str(job.lease_token)
         context = JobContext(self.db, job, token)
         task = asyncio.create_task(self._execute(job, context), name=f"keel-job-{job.id}")
         self._running[job.id] = (task, context)
+        self._queue_of[job.id] = job.queue
         job_id = job.id
 
         def finished(_task: asyncio.Task[None]) -> None:
@@ -252,6 +275,7 @@ class Worker:
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
+        self._queue_of.pop(job_id, None)
         self._cancel_deadlines.pop(job_id, None)
         wake_event().set()  # a slot is free
 

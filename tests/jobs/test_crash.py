@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -67,8 +68,22 @@ async def test_kill_9_loses_no_job_and_commits_no_effect_twice(
     kills = 0
     try:
         for _ in range(KILLS):
+            spawned = datetime.now(UTC)
             process = _worker(env)
-            await asyncio.sleep(rng.uniform(0.8, 2.0))  # import time, then some jobs in flight
+            # Kill at a random moment once it is really working, whatever the machine's speed:
+            # between 0 and 0.3 s after its first claim.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and process.poll() is None:
+                async with db.session() as session:
+                    busy = await session.scalar(
+                        select(func.count())
+                        .select_from(JobAttempt)
+                        .where(JobAttempt.started_at > spawned)
+                    )
+                if busy:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(rng.uniform(0.0, 0.3))
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
             kills += 1

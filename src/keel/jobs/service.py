@@ -44,6 +44,7 @@ __all__ = [
     "enqueue_many",
     "fail",
     "heartbeat",
+    "heartbeat_many",
     "release",
     "rescue",
     "retry",
@@ -220,21 +221,41 @@ async def claim(
         # A read first, so an idle worker never takes SQLite's write lock.
         if await session.scalar(select(Job.id).where(*due).limit(1)) is None:
             return []
+    token = new_id()  # one per claim: the fence is (job id, attempt, token)
     async with db.transaction() as session:
-        query = select(Job).where(*due).order_by(Job.priority, Job.run_at, Job.id).limit(limit)
+        chosen = select(Job.id).where(*due).order_by(Job.priority, Job.run_at, Job.id).limit(limit)
         if _is_postgres(session):
-            query = query.with_for_update(skip_locked=True)
-        jobs = list(await session.scalars(query))
-        for job in jobs:
-            job.state = JobState.RUNNING
-            job.attempt += 1
-            job.lease_token = new_id()
-            job.lease_expires_at = now + lease
-            job.worker_id = worker_id
-            job.started_at = job.started_at or now
-            session.add(
-                JobAttempt(job_id=job.id, attempt=job.attempt, worker_id=worker_id, started_at=now)
+            chosen = chosen.with_for_update(skip_locked=True)
+        # One UPDATE … RETURNING for the whole batch, then one executemany for the attempts.
+        result = await session.execute(
+            update(Job)
+            .where(Job.id.in_(chosen.scalar_subquery()))
+            .values(
+                state=JobState.RUNNING,
+                attempt=Job.attempt + 1,
+                lease_token=token,
+                lease_expires_at=now + lease,
+                worker_id=worker_id,
+                started_at=func.coalesce(Job.started_at, now),
             )
+            .returning(Job)
+            .execution_options(synchronize_session=False)
+        )
+        jobs = list(result.scalars())
+        if jobs:
+            await session.execute(
+                insert(JobAttempt),
+                [
+                    {
+                        "job_id": job.id,
+                        "attempt": job.attempt,
+                        "worker_id": worker_id,
+                        "started_at": now,
+                    }
+                    for job in jobs
+                ],
+            )
+    jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
     return jobs
 
 
@@ -281,6 +302,50 @@ async def heartbeat(
         if logs:
             await _write_logs(session, job_id, attempt, logs)
     return Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a worker holds for one running job, and what it has to flush for it."""
+
+    job_id: str
+    attempt: int
+    token: str
+    progress: tuple[float | None, float | None, str | None] | None = None
+    logs: Sequence[tuple[datetime, str, str]] = ()
+
+
+async def heartbeat_many(
+    db: Database, leases: Sequence[Lease], *, lease: timedelta
+) -> dict[str, Beat]:
+    """`heartbeat` for all of a worker's jobs in one transaction (one commit, one turn of
+    SQLite's write lock, however many jobs are running)."""
+    # unscoped: a worker's fenced writes to the jobs it holds.
+    now = datetime.now(UTC)
+    beats: dict[str, Beat] = {}
+    async with db.transaction() as session:
+        for held in leases:
+            values: dict[str, Any] = {"lease_expires_at": now + lease}
+            if held.progress is not None:
+                (
+                    values["progress_done"],
+                    values["progress_total"],
+                    values["progress_message"],
+                ) = held.progress
+            result = await session.execute(
+                update(Job)
+                .where(_fence(held.job_id, held.attempt, held.token))
+                .values(**values)
+                .returning(Job.state)
+            )
+            state = result.scalar_one_or_none()
+            if state is None:
+                beats[held.job_id] = Beat(owned=False, cancel_requested=False)
+                continue
+            if held.logs:
+                await _write_logs(session, held.job_id, held.attempt, held.logs)
+            beats[held.job_id] = Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
+    return beats
 
 
 async def _write_logs(

@@ -27,11 +27,12 @@ from keel.jobs.registry import JobSpec, Permanent, Transient, registered
 from keel.jobs.service import (
     CHANNEL,
     Failure,
+    Lease,
     backoff,
     claim,
     complete,
     fail,
-    heartbeat,
+    heartbeat_many,
     prune_finished,
     release,
     rescue,
@@ -383,20 +384,21 @@ class Worker:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            for job_id, (task, context) in list(self._running.items()):
+            running = list(self._running.items())
+            if not running:
+                continue
+            leases = []
+            for job_id, (_task, context) in running:
                 progress, logs = context._take()
-                try:
-                    beat = await heartbeat(
-                        self.db,
-                        job_id,
-                        context.attempt,
-                        context._token,
-                        lease=self.lease,
-                        progress=progress,
-                        logs=logs,
-                    )
-                except Exception as exc:  # noqa: BLE001 - retried next beat
-                    _logger.warning("heartbeat failed", job_id=job_id, error=str(exc))
+                leases.append(Lease(job_id, context.attempt, context._token, progress, logs))
+            try:
+                beats = await heartbeat_many(self.db, leases, lease=self.lease)
+            except Exception as exc:  # noqa: BLE001 - retried next beat
+                _logger.warning("heartbeat failed", error=str(exc))
+                continue
+            for job_id, (task, context) in running:
+                beat = beats.get(job_id)
+                if beat is None:
                     continue
                 if not beat.owned:
                     task.cancel()  # another attempt owns it; our writes are fenced anyway

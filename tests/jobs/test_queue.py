@@ -387,11 +387,13 @@ async def test_claims_under_load_never_hit_database_is_locked(
         await enqueue_many(session, "test.ledger", [{"note": "h"}] * 400)
     engines = [db, *(Database(db.config) for _ in range(3))]
     try:
+        # The default 30 s lease: a loaded CI machine can take seconds per turn of SQLite's
+        # write lock, and what is tested here is that no write ever fails.
         async with (
-            running(engines[0], concurrency=8),
-            running(engines[1], concurrency=8),
-            running(engines[2], concurrency=8),
-            running(engines[3], concurrency=8),
+            running(engines[0], concurrency=8, lease=30.0),
+            running(engines[1], concurrency=8, lease=30.0),
+            running(engines[2], concurrency=8, lease=30.0),
+            running(engines[3], concurrency=8, lease=30.0),
         ):
             for _ in range(600):
                 async with db.session() as session:

@@ -26,7 +26,7 @@ from tests.test_serve import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("KEEL_TEST_CRASH_KILLS", "20"))
-JOBS = 150
+JOBS = 300  # enough work that every one of the kills finds jobs to interrupt
 WORKER = (
     "import sys; sys.path.insert(0, {root!r}); import tests.jobs.crash_jobs; "
     "from keel.cli import main; sys.argv = ['keel', 'worker', '--concurrency', '8']; main()"
@@ -65,14 +65,14 @@ async def test_kill_9_loses_no_job_and_commits_no_effect_twice(
         "KEEL_CONFIG_FILE": str(tmp_path / "absent.toml"),
     }
     rng = random.Random(7)
-    kills = 0
+    kills = working = 0
     try:
         for _ in range(KILLS):
             spawned = datetime.now(UTC)
             process = _worker(env)
             # Kill at a random moment once it is really working, whatever the machine's speed:
             # between 0 and 0.3 s after its first claim.
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 15
             while time.monotonic() < deadline and process.poll() is None:
                 async with db.session() as session:
                     busy = await session.scalar(
@@ -81,6 +81,7 @@ async def test_kill_9_loses_no_job_and_commits_no_effect_twice(
                         .where(JobAttempt.started_at > spawned)
                     )
                 if busy:
+                    working += 1
                     break
                 await asyncio.sleep(0.02)
             await asyncio.sleep(rng.uniform(0.0, 0.3))
@@ -116,6 +117,7 @@ async def test_kill_9_loses_no_job_and_commits_no_effect_twice(
                 .where(JobAttempt.failure_class == "worker_lost")
             )
         assert kills == KILLS
+        assert working == KILLS, "every kill should interrupt a worker that had claimed jobs"
         assert states == {JobState.COMPLETED: JOBS}
         assert len(per_job) == JOBS and {count for _job, count in per_job} == {1}
         assert (lost or 0) > 0, "the kills should have left leases to rescue"

@@ -25,19 +25,29 @@ _logger = get_logger("keel.audit")
 async def _sealer(keel: Keel, stop: asyncio.Event) -> None:
     """Seal and checkpoint until `stop` is set. Stopped by the event, never cancelled: a
     cancellation inside a write transaction could leave SQLite's write lock held."""
-    from keel.audit.service import checkpoint, seal
+    from keel.audit.service import (
+        CHECKPOINT_EVERY,
+        CHECKPOINT_INTERVAL,
+        SEAL_BATCH,
+        checkpoint,
+        seal,
+    )
 
     failures = 0
-    last_checkpoint = 0.0
+    since_checkpoint = 0
+    last_checkpoint = float("-inf")
     loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
-            sealed = 0
-            while (batch := await seal(keel.db)) > 0:
-                sealed += batch
-            if sealed or loop.time() - last_checkpoint > 60:
-                await checkpoint(keel.db, await keel.keyring())
-                last_checkpoint = loop.time()
+            # Seal again at once only after a full batch: under a steady trickle of writes the
+            # sealer otherwise never sleeps and competes with the writers it follows.
+            while (batch := await seal(keel.db)) == SEAL_BATCH:
+                since_checkpoint += batch
+            since_checkpoint += batch
+            due = loop.time() - last_checkpoint >= CHECKPOINT_INTERVAL
+            if since_checkpoint and (due or since_checkpoint >= CHECKPOINT_EVERY):
+                await checkpoint(keel.db, await keel.keyring(), force=True)
+                last_checkpoint, since_checkpoint = loop.time(), 0
             failures = 0
         except asyncio.CancelledError:
             raise

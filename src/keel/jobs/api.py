@@ -13,11 +13,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from keel.audit import record
 from keel.core.errors import NotFound, ValidationFailed, problem_responses
 from keel.core.principal import Principal, require, tenant_scope
 from keel.jobs.models import TERMINAL, Job, JobAttempt, JobLog, JobState
-from keel.jobs.service import cancel, retry
+from keel.jobs.service import operate
 
 if TYPE_CHECKING:
     from keel.app import Keel
@@ -245,17 +244,7 @@ def jobs_router(keel: Keel) -> APIRouter:
     )
     async def cancel_job(job_id: str, actor: Canceller) -> dict[str, Any]:
         async with keel.db.transaction() as session:
-            job = await visible(session, actor, job_id)
-            before = job.state
-            await cancel(session, job.id)
-            await record(
-                session,
-                "job.cancel",
-                resource=("job", job.id),
-                before={"state": before},
-                after={"state": job.state},
-                tenant_id=job.tenant_id,
-            )
+            job = await operate(session, (await visible(session, actor, job_id)).id, "cancel")
         return job_data(job)
 
     @router.post(
@@ -265,17 +254,7 @@ def jobs_router(keel: Keel) -> APIRouter:
     )
     async def retry_job(job_id: str, actor: Retrier) -> dict[str, Any]:
         async with keel.db.transaction() as session:
-            job = await visible(session, actor, job_id)
-            before = job.state
-            await retry(session, job.id)
-            await record(
-                session,
-                "job.retry",
-                resource=("job", job.id),
-                before={"state": before},
-                after={"state": job.state},
-                tenant_id=job.tenant_id,
-            )
+            job = await operate(session, (await visible(session, actor, job_id)).id, "retry")
         return job_data(job)
 
     return router

@@ -14,7 +14,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import bind_actor, record, reset_actor, system_actor
+from keel.audit import bind_actor, reset_actor, system_actor
 from keel.audit.service import seal_all
 from keel.core.clitools import DataDirOption, JsonOption, load_config, out, print_json, run
 from keel.core.config import Config
@@ -22,7 +22,7 @@ from keel.core.database import Database
 from keel.core.migrate import prepare
 from keel.jobs.api import job_data
 from keel.jobs.models import Job
-from keel.jobs.service import cancel, get_job, retry
+from keel.jobs.service import get_job, operate
 
 __all__ = ["jobs_cli", "worker_cli"]
 
@@ -102,21 +102,9 @@ def show(
 
 def _operate(action: str, job_id: str, data_dir: Any, as_json: bool) -> None:
     config = load_config(data_dir=data_dir)
-    change = cancel if action == "cancel" else retry
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        job = await get_job(session, job_id)
-        before = job.state
-        await change(session, job_id)
-        await record(
-            session,
-            f"job.{action}",
-            resource=("job", job_id),
-            before={"state": before},
-            after={"state": job.state},
-            tenant_id=job.tenant_id,
-        )
-        return _plain(job_data(job))
+        return _plain(job_data(await operate(session, job_id, action)))
 
     data = run(_in_transaction(config, work))
     if as_json:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from keel.audit.context import current_actor
+from keel.audit.service import record
 from keel.core.context import current_trace
 from keel.core.database import Database
 from keel.core.errors import Conflict, NotFound, ValidationFailed
@@ -45,6 +46,7 @@ __all__ = [
     "fail",
     "heartbeat",
     "heartbeat_many",
+    "operate",
     "release",
     "rescue",
     "retry",
@@ -611,3 +613,20 @@ async def prune_finished(
             if removed < batch:
                 break
     return total
+
+
+async def operate(session: AsyncSession, job_id: str, action: str) -> Job:
+    """An operator's `cancel` or `retry` of a job, recorded in the audit trail (API and CLI)."""
+    change = {"cancel": cancel, "retry": retry}[action]
+    job = await get_job(session, job_id)
+    before = job.state
+    await change(session, job_id)
+    await record(
+        session,
+        f"job.{action}",
+        resource=("job", job_id),
+        before={"state": before},
+        after={"state": job.state},
+        tenant_id=job.tenant_id,
+    )
+    return job

@@ -394,3 +394,23 @@ async def test_route_may_set_its_own_security_header(config: Config) -> None:
         "frame-ancestors https://parent.example"
     ]
     assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_route_vary_combines_with_cors_vary(make_config: Callable[..., Config]) -> None:
+    """A route's own `Vary` is kept and CORS still adds `Vary: Origin` (values combine)."""
+    from fastapi import Response as FastAPIResponse
+
+    from keel import install
+
+    application = FastAPI()
+    install(application, make_config(cors_origins="https://app.example"))
+
+    @application.get("/negotiated")
+    async def negotiated() -> FastAPIResponse:
+        return FastAPIResponse("ok", headers={"Vary": "Accept"})
+
+    async with LifespanManager(application), client_for(application) as http:
+        response = await http.get("/negotiated", headers={"origin": "https://app.example"})
+    assert sorted(response.headers.get_list("vary")) == ["Accept", "Origin"]
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert "traceparent" in response.headers

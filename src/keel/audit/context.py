@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from typing import Any
 
 from keel.core.principal import Principal
 
-__all__ = ["Actor", "bind_actor", "current_actor", "reset_actor", "system_actor"]
+__all__ = ["Actor", "RequestActor", "bind_actor", "current_actor", "reset_actor", "system_actor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +54,56 @@ class Actor:
         )
 
 
-_actor: ContextVar[Actor | None] = ContextVar("keel_audit_actor", default=None)
+class RequestActor:
+    """A request's actor, built only if something records an event (most requests do not).
+
+    The identity middleware binds one per request; `current_actor()` builds the `Actor` from
+    the principal, address and user agent on first use.
+    """
+
+    __slots__ = ("_actor", "_client", "_headers", "_principal")
+
+    def __init__(
+        self,
+        principal: Principal | None,
+        client: Sequence[Any] | None,
+        headers: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        self._principal = principal
+        self._client = client
+        self._headers = headers
+        self._actor: Actor | None = None
+
+    def get(self) -> Actor:
+        """The actor, built once."""
+        if self._actor is None:
+            agent = next(
+                (bytes(v).decode("latin-1") for k, v in self._headers if k == b"user-agent"),
+                None,
+            )
+            self._actor = Actor.of(
+                self._principal,
+                client_ip=str(self._client[0]) if self._client else None,
+                user_agent=agent,
+            )
+        return self._actor
+
+
+_actor: ContextVar[Actor | RequestActor | None] = ContextVar("keel_audit_actor", default=None)
 
 
 def current_actor() -> Actor | None:
     """The bound actor, if any."""
-    return _actor.get()
+    bound = _actor.get()
+    return bound.get() if isinstance(bound, RequestActor) else bound
 
 
-def bind_actor(actor: Actor) -> Token[Actor | None]:
+def bind_actor(actor: Actor | RequestActor) -> Token[Actor | RequestActor | None]:
     """Make `actor` current for audit events; returns a token for `reset_actor`."""
     return _actor.set(actor)
 
 
-def reset_actor(token: Token[Actor | None]) -> None:
+def reset_actor(token: Token[Actor | RequestActor | None]) -> None:
     """Restore the actor bound before `bind_actor` returned `token`."""
     _actor.reset(token)
 

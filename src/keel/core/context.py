@@ -6,7 +6,7 @@ hold request bodies or secrets.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
@@ -27,28 +27,47 @@ RESPONSE_KEY = "keel.response"
 
 
 class ResponseRecord:
-    """What the response has done so far, written once by the outermost middleware.
+    """What the response has done so far, and the headers middleware want added to it.
 
-    Inner middleware (errors, metrics) read it instead of each wrapping `send` again.
+    The outermost middleware (tracing) wraps `send` once; inner middleware (guard, rate
+    limits, errors, metrics) read the status and add headers here instead of each wrapping
+    `send` again, which costs a closure and a call per message per layer.
     """
 
-    __slots__ = ("status",)
+    __slots__ = ("defaults", "headers", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        """Added to the response start, whatever the route set."""
+        self.defaults: Sequence[tuple[bytes, bytes]] = ()
+        """Added unless the route set a header of the same name (security headers)."""
+
+    def finish(self, message: MutableMapping[str, Any]) -> None:
+        """Record the status of an `http.response.start` and add the headers to it."""
+        self.status = message["status"]
+        existing = message.get("headers") or []
+        defaults = self.defaults
+        if defaults and existing:
+            present = {bytes(name).lower() for name, _ in existing}
+            if any(name in present for name, _ in defaults):
+                # The route set one of these itself: its value wins.
+                defaults = [item for item in defaults if item[0] not in present]
+        if defaults or self.headers:
+            message["headers"] = [*existing, *self.headers, *defaults]
 
 
 def response_record(scope: MutableMapping[str, Any], send: Send) -> tuple[ResponseRecord, Send]:
-    """The request's record and the `send` to use: the tracing middleware's record when it
-    runs outside, else a fresh record and a `send` that fills it."""
+    """The request's record and the `send` to use: the outer middleware's record when one
+    runs outside, else a fresh record (kept in the scope) and a `send` that applies it."""
     record = scope.get(RESPONSE_KEY)
     if isinstance(record, ResponseRecord):
         return record, send
-    record = ResponseRecord()
+    record = scope[RESPONSE_KEY] = ResponseRecord()
 
     async def recording_send(message: Message) -> None:
         if message["type"] == "http.response.start":
-            record.status = message["status"]
+            record.finish(message)
         await send(message)
 
     return record, recording_send

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from keel.audit.context import Actor, bind_actor, reset_actor
+from keel.audit.context import RequestActor, bind_actor, reset_actor
 from keel.core.database import Database
 from keel.core.errors import Forbidden
 from keel.core.principal import SHARE_SPEND_KEY
@@ -122,14 +122,7 @@ class IdentityMiddleware:
         if principal is not None:
             scope[PRINCIPAL_KEY] = principal
         # Audit events recorded while handling this request name this actor and address.
-        client = scope.get("client")
-        token = bind_actor(
-            Actor.of(
-                principal,
-                client_ip=client[0] if client else None,
-                user_agent=_header(scope, b"user-agent"),
-            )
-        )
+        token = bind_actor(RequestActor(principal, scope.get("client"), scope["headers"]))
         try:
             await self.app(scope, receive, send)
         finally:

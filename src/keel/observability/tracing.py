@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from random import randbytes
+from random import getrandbits
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,21 +43,26 @@ def parse_traceparent(value: str) -> tuple[str, str, bool] | None:
     return trace_id, span_id, bool(int(flags, 16) & 1)
 
 
-def _random_hex(size: int) -> str:
+_LOW_64 = (1 << 64) - 1
+
+
+def _random_ids() -> tuple[str, str]:
+    """A new non-zero trace id (32 hex) and span id (16 hex), from one draw."""
     # Trace ids must be unique and non-zero, not secret: the module PRNG (reseeded at fork)
     # is cheaper than a system call per request.
     while True:
-        value = randbytes(size)  # noqa: S311 - identifiers, not secrets
-        if any(value):
-            return value.hex()
+        value = getrandbits(192)
+        if value >> 64 and value & _LOW_64:
+            ids = f"{value:048x}"
+            return ids[:32], ids[32:]
 
 
 def new_trace(traceparent: str | None = None, request_id: str | None = None) -> TraceContext:
     """A new span: a child of `traceparent` when valid, else the root of a new trace."""
     parsed = parse_traceparent(traceparent) if traceparent else None
-    span_id = _random_hex(8)
+    trace_id, span_id = _random_ids()
     if parsed is None:
-        trace_id, parent, sampled = _random_hex(16), None, True
+        parent, sampled = None, True
     else:
         trace_id, parent, sampled = parsed
     if request_id is None or _REQUEST_ID.fullmatch(request_id) is None:
@@ -84,17 +89,14 @@ class TraceMiddleware:
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")
         trace = new_trace(traceparent, request_id)
-        response_headers = [
-            (b"traceparent", trace.traceparent.encode()),
-            (b"x-request-id", trace.request_id.encode()),
-        ]
         record = scope[RESPONSE_KEY] = ResponseRecord()
+        record.headers.append((b"traceparent", trace.traceparent.encode()))
+        record.headers.append((b"x-request-id", trace.request_id.encode()))
         started = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
-                record.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), *response_headers]
+                record.finish(message)
             await send(message)
 
         token = set_trace(trace)

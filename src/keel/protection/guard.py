@@ -11,9 +11,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from starlette.responses import RedirectResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.core.config import Config
+from keel.core.context import response_record
 from keel.core.errors import InvalidHost, OriginRejected, PayloadTooLarge, problem_response
 from keel.protection.cors import CorsPolicy
 from keel.protection.headers import security_headers
@@ -31,19 +32,6 @@ _READ_HEADERS = frozenset(
         b"content-length",
         b"access-control-request-method",
         b"access-control-request-headers",
-    }
-)
-# Headers the guard adds that a route may set itself (`vary` is always added: values combine).
-_OVERRIDABLE = frozenset(
-    {
-        b"content-security-policy",
-        b"x-content-type-options",
-        b"referrer-policy",
-        b"cross-origin-opener-policy",
-        b"strict-transport-security",
-        b"access-control-allow-origin",
-        b"access-control-allow-credentials",
-        b"access-control-expose-headers",
     }
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -73,6 +61,7 @@ class GuardMiddleware:
         self.hosts = HostPolicy.from_config(config)
         self.cors = CorsPolicy(config.cors_origins, allow_credentials=config.cors_allow_credentials)
         self.headers = security_headers(config)
+        self.https = config.is_https
         self.public_origin = (
             f"{urlsplit(config.public_url).scheme}://{urlsplit(config.public_url).netloc}".lower()
             if config.public_url
@@ -90,28 +79,22 @@ class GuardMiddleware:
             if name in _READ_HEADERS and name not in headers:  # the first of duplicates counts
                 headers[name] = value.decode("latin-1")
         origin = headers.get(b"origin")
-        extra = self.headers
+        record, send = response_record(scope, send)
+        # Security and CORS headers go on every response unless the route set its own;
+        # `vary` is always added (values of several `vary` headers combine).
         if origin and self.cors.allows(origin):
-            extra = [*extra, *self.cors.response_headers(origin)]
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                existing = message.get("headers") or []
-                if any(name.lower() in _OVERRIDABLE for name, _ in existing):
-                    # The route set one of these itself: its value wins.
-                    present = {name.lower() for name, _ in existing}
-                    added = [item for item in extra if item[0] not in present]
-                else:
-                    added = extra
-                message["headers"] = [*existing, *added]
-            await send(message)
+            cors = self.cors.response_headers(origin)
+            record.defaults = [*self.headers, *(item for item in cors if item[0] != b"vary")]
+            record.headers.extend(item for item in cors if item[0] == b"vary")
+        else:
+            record.defaults = self.headers
 
         rejection = self._check(scope, headers, origin)
         if rejection is not None:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await rejection(scope, receive, send_with_headers)
+            await rejection(scope, receive, send)
             return
         if scope["type"] == "http":
             # Every method: a GET may carry a chunked body too. FastAPI parses a body without
@@ -124,7 +107,7 @@ class GuardMiddleware:
                 if content_type is None or _is_json(content_type)
                 else None,
             )
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, send)
 
     def _check(
         self, scope: Scope, headers: dict[bytes, str], origin: str | None
@@ -157,7 +140,7 @@ class GuardMiddleware:
 
     def _needs_https(self, scope: Scope) -> bool:
         return (
-            self.config.is_https
+            self.https
             and scope["scheme"] in ("http", "ws")
             and scope["path"] not in REDIRECT_EXEMPT
         )

@@ -22,9 +22,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.core.config import Config
+from keel.core.context import response_record
 from keel.core.errors import KeelError, problem_response
 from keel.identity.principal import PRINCIPAL_KEY, Principal
 from keel.observability.logging import get_logger
@@ -384,19 +385,14 @@ class RateLimitMiddleware:
         if not allowed:
             await self._refuse(policy, reset_in, scope, receive, send)
             return
-        headers = (
+        record, send = response_record(scope, send)
+        record.headers += (
             (b"ratelimit-limit", policy.limit_header),
             (b"ratelimit-remaining", str(remaining).encode()),
             (b"ratelimit-reset", str(reset_in).encode()),
             (b"ratelimit-policy", policy.policy_header),
         )
-
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_limits)
+        await self.app(scope, receive, send)
 
     @staticmethod
     async def _refuse(

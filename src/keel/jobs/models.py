@@ -95,6 +95,7 @@ Index(
     Job.queue,
     Job.priority,
     Job.run_at,
+    Job.id,
     postgresql_where=text(f"state IN ({_CLAIMABLE})"),
     sqlite_where=text(f"state IN ({_CLAIMABLE})"),
 )

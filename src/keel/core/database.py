@@ -163,6 +163,29 @@ class Database:
             _open_transaction.reset(token)
 
     @asynccontextmanager
+    async def write_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a write transaction, for hot paths that need no ORM session
+        (the job queue's claims and completions). Same rules as `transaction()`."""
+        if _open_transaction.get() is self:
+            raise RuntimeError(
+                "db.write_connection() inside another transaction: pass the connection down"
+            )
+        token = _open_transaction.set(self)
+        try:
+            if self.dialect == "sqlite":
+                async with (
+                    self._sqlite_writer(),
+                    self._write_engine.connect() as connection,
+                    connection.begin(),
+                ):
+                    yield connection
+            else:
+                async with self.engine.connect() as connection, connection.begin():
+                    yield connection
+        finally:
+            _open_transaction.reset(token)
+
+    @asynccontextmanager
     async def _sqlite_writer(self) -> AsyncIterator[None]:
         try:
             async with asyncio.timeout(self.config.database_timeout):

@@ -11,9 +11,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from keel.audit.context import current_actor
@@ -36,11 +48,14 @@ from keel.jobs.registry import JobSpec, get_spec
 __all__ = [
     "CHANNEL",
     "MAX_LOG_LINES",
+    "Claimed",
+    "Done",
     "Failure",
     "backoff",
     "cancel",
     "claim",
     "complete",
+    "complete_many",
     "enqueue",
     "enqueue_many",
     "fail",
@@ -161,6 +176,11 @@ async def enqueue(
         if existing is not None:
             return existing
     job = Job(**values)
+    if idempotency_key is None:
+        session.add(job)  # nothing can collide: no savepoint needed
+        await session.flush()
+        await _notify(session, job.queue)
+        return job
     try:
         async with session.begin_nested():
             session.add(job)
@@ -205,6 +225,42 @@ async def enqueue_many(
 # --- workers -----------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class Claimed:
+    """A job as a worker claimed it: what running it needs, without ORM state."""
+
+    id: str
+    queue: str
+    kind: str
+    args: dict[str, Any]
+    priority: int
+    run_at: datetime
+    attempt: int
+    max_attempts: int
+    timeout: float | None
+    lease_token: str
+    traceparent: str | None
+    origin: str | None
+    tenant_id: str | None
+
+
+_CLAIMED_COLUMNS = (
+    Job.id,
+    Job.queue,
+    Job.kind,
+    Job.args,
+    Job.priority,
+    Job.run_at,
+    Job.attempt,
+    Job.max_attempts,
+    Job.timeout,
+    Job.lease_token,
+    Job.traceparent,
+    Job.origin,
+    Job.tenant_id,
+)
+
+
 async def claim(
     db: Database,
     *,
@@ -212,53 +268,126 @@ async def claim(
     limit: int,
     worker_id: str,
     lease: timedelta,
-) -> list[Job]:
-    """Take up to `limit` due jobs of `queues` (priority, then due time), each with a fresh
-    lease. PostgreSQL: FOR UPDATE SKIP LOCKED (workers never block each other); SQLite: the
-    write lock serialises claims."""
+) -> list[Claimed]:
+    """Take up to `limit` due jobs of `queues`, each with a fresh lease, queue by queue in
+    the given order (within a queue: priority, then due time, then id — the claim index's
+    order). PostgreSQL: one statement per queue with FOR UPDATE SKIP LOCKED (workers never
+    block each other); SQLite: the write lock serialises claims."""
+    claimed: list[Claimed] = []
+    for queue in queues:
+        room = limit - len(claimed)
+        if room <= 0:
+            break
+        if db.dialect == "postgresql":
+            claimed += await _claim_postgres(db, queue, room, worker_id, lease)
+        else:
+            claimed += await _claim_sqlite(db, queue, room, worker_id, lease)
+    return claimed
+
+
+def _due(queue: str, now: datetime) -> tuple[Any, ...]:
+    return (Job.queue == queue, Job.state.in_(CLAIMABLE), Job.run_at <= now)
+
+
+def _lease_values(token: str, worker_id: str, now: datetime, lease: timedelta) -> dict[str, Any]:
+    return {
+        "state": JobState.RUNNING,
+        "attempt": Job.attempt + 1,
+        "lease_token": token,
+        "lease_expires_at": now + lease,
+        "worker_id": worker_id,
+        "started_at": func.coalesce(Job.started_at, now),
+    }
+
+
+def _claimed(rows: Sequence[Any]) -> list[Claimed]:
+    jobs = [Claimed(*row) for row in rows]
+    jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
+    return jobs
+
+
+async def _claim_postgres(
+    db: Database, queue: str, limit: int, worker_id: str, lease: timedelta
+) -> list[Claimed]:
     # unscoped: workers serve every tenant's jobs.
     now = datetime.now(UTC)
-    due = (Job.queue.in_(list(queues)), Job.state.in_(CLAIMABLE), Job.run_at <= now)
-    async with db.session() as session:
-        # A read first, so an idle worker never takes SQLite's write lock.
-        if await session.scalar(select(Job.id).where(*due).limit(1)) is None:
-            return []
     token = new_id()  # one per claim: the fence is (job id, attempt, token)
-    async with db.transaction() as session:
-        chosen = select(Job.id).where(*due).order_by(Job.priority, Job.run_at, Job.id).limit(limit)
-        if _is_postgres(session):
-            chosen = chosen.with_for_update(skip_locked=True)
-        # One UPDATE … RETURNING for the whole batch, then one executemany for the attempts.
-        result = await session.execute(
-            update(Job)
-            .where(Job.id.in_(chosen.scalar_subquery()))
-            .values(
-                state=JobState.RUNNING,
-                attempt=Job.attempt + 1,
-                lease_token=token,
-                lease_expires_at=now + lease,
-                worker_id=worker_id,
-                started_at=func.coalesce(Job.started_at, now),
-            )
-            .returning(Job)
-            .execution_options(synchronize_session=False)
+    # One round trip: pick (skipping rows other workers hold), lease, and open the attempts.
+    picked = (
+        select(Job.id)
+        .where(*_due(queue, now))
+        .order_by(Job.priority, Job.run_at, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    leased = (
+        update(Job)
+        .where(Job.id == picked.c.id)
+        .values(**_lease_values(token, worker_id, now, lease))
+        .returning(*_CLAIMED_COLUMNS)
+        .cte("leased")
+    )
+    attempts = (
+        insert(JobAttempt)
+        .from_select(
+            ["job_id", "attempt", "worker_id", "started_at"],
+            select(
+                leased.c.id,
+                leased.c.attempt,
+                literal(worker_id, JobAttempt.worker_id.type),
+                literal(now, JobAttempt.started_at.type),
+            ),
         )
-        jobs = list(result.scalars())
-        if jobs:
-            await session.execute(
+        .cte("attempts")
+    )
+    statement = select(*(leased.c[column.key] for column in _CLAIMED_COLUMNS)).add_cte(attempts)
+    async with db.write_connection() as connection:
+        rows = (await connection.execute(statement)).all()
+    return _claimed(rows)
+
+
+async def _claim_sqlite(
+    db: Database, queue: str, limit: int, worker_id: str, lease: timedelta
+) -> list[Claimed]:
+    # unscoped: workers serve every tenant's jobs.
+    now = datetime.now(UTC)
+    async with db.engine.connect() as connection:
+        # A read first, so an idle worker never takes SQLite's write lock.
+        probe = select(Job.id).where(*_due(queue, now)).limit(1)
+        if (await connection.execute(probe)).first() is None:
+            return []
+    token = new_id()
+    chosen = (
+        select(Job.id)
+        .where(*_due(queue, now))
+        .order_by(Job.priority, Job.run_at, Job.id)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    async with db.write_connection() as connection:
+        rows = (
+            await connection.execute(
+                update(Job)
+                .where(Job.id.in_(chosen))
+                .values(**_lease_values(token, worker_id, now, lease))
+                .returning(*_CLAIMED_COLUMNS)
+            )
+        ).all()
+        if rows:
+            await connection.execute(
                 insert(JobAttempt),
                 [
                     {
-                        "job_id": job.id,
-                        "attempt": job.attempt,
+                        "job_id": row.id,
+                        "attempt": row.attempt,
                         "worker_id": worker_id,
                         "started_at": now,
                     }
-                    for job in jobs
+                    for row in rows
                 ],
             )
-    jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
-    return jobs
+    return _claimed(rows)
 
 
 def _fence(job_id: str, attempt: int, token: str) -> Any:
@@ -302,7 +431,7 @@ async def heartbeat(
         if state is None:
             return Beat(owned=False, cancel_requested=False)
         if logs:
-            await _write_logs(session, job_id, attempt, logs)
+            await _write_logs(await session.connection(), job_id, attempt, logs)
     return Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
 
 
@@ -326,7 +455,7 @@ async def heartbeat_many(
     now = datetime.now(UTC)
     beats: dict[str, Beat] = {}
     async with db.transaction() as session:
-        for held in leases:
+        for held in sorted(leases, key=lambda held: held.job_id):  # lock order: see complete_many
             values: dict[str, Any] = {"lease_expires_at": now + lease}
             if held.progress is not None:
                 (
@@ -345,22 +474,33 @@ async def heartbeat_many(
                 beats[held.job_id] = Beat(owned=False, cancel_requested=False)
                 continue
             if held.logs:
-                await _write_logs(session, held.job_id, held.attempt, held.logs)
+                await _write_logs(await session.connection(), held.job_id, held.attempt, held.logs)
             beats[held.job_id] = Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
     return beats
 
 
 async def _write_logs(
-    session: AsyncSession, job_id: str, attempt: int, logs: Sequence[tuple[datetime, str, str]]
+    connection: AsyncConnection,
+    job_id: str,
+    attempt: int,
+    logs: Sequence[tuple[datetime, str, str]],
 ) -> None:
     # unscoped: a worker's write to the job it holds (its caller is fenced).
-    session.add_all(
-        JobLog(job_id=job_id, attempt=attempt, at=at, level=level, message=message[:4000])
-        for at, level, message in logs
+    await connection.execute(
+        insert(JobLog),
+        [
+            {
+                "job_id": job_id,
+                "attempt": attempt,
+                "at": at,
+                "level": level,
+                "message": message[:4000],
+            }
+            for at, level, message in logs
+        ],
     )
-    await session.flush()
     count = int(
-        await session.scalar(
+        await connection.scalar(
             select(func.count()).select_from(JobLog).where(JobLog.job_id == job_id)
         )
         or 0
@@ -368,10 +508,108 @@ async def _write_logs(
     excess = count - MAX_LOG_LINES
     if excess > 0:
         oldest = select(JobLog.id).where(JobLog.job_id == job_id).order_by(JobLog.id).limit(excess)
-        await session.execute(delete(JobLog).where(JobLog.id.in_(oldest.scalar_subquery())))
-        await session.execute(
+        await connection.execute(delete(JobLog).where(JobLog.id.in_(oldest.scalar_subquery())))
+        await connection.execute(
             update(Job).where(Job.id == job_id).values(logs_dropped=Job.logs_dropped + excess)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """A finished run a worker reports: its fence, result, and last progress and log lines."""
+
+    job_id: str
+    attempt: int
+    token: str
+    result: Any = None
+    progress: tuple[float | None, float | None, str | None] | None = None
+    logs: Sequence[tuple[datetime, str, str]] = ()
+
+
+_LEASED_STATES = (JobState.RUNNING, JobState.CANCELLING)
+_FENCED = (
+    (Job.id == bindparam("b_id"))
+    & (Job.attempt == bindparam("b_attempt"))
+    & (Job.lease_token == bindparam("b_token"))
+    # Not `in_()`: an expanding IN cannot be used with executemany.
+    & or_(*(Job.state == state for state in _LEASED_STATES))
+)
+_COMPLETE = (
+    update(Job)
+    .where(_FENCED)
+    .values(
+        state=JobState.COMPLETED,
+        finished_at=bindparam("b_now", type_=Job.finished_at.type),
+        lease_token=None,
+        lease_expires_at=None,
+        result=bindparam("b_result", type_=Job.result.type),
+        last_error=None,
+    )
+)
+_COMPLETE_WITH_PROGRESS = _COMPLETE.values(
+    progress_done=bindparam("b_done", type_=Job.progress_done.type),
+    progress_total=bindparam("b_total", type_=Job.progress_total.type),
+    progress_message=bindparam("b_message", type_=Job.progress_message.type),
+)
+_ATTEMPT_COMPLETED = (
+    update(JobAttempt)
+    .where(
+        (JobAttempt.job_id == bindparam("b_id")) & (JobAttempt.attempt == bindparam("b_attempt"))
+    )
+    .values(finished_at=bindparam("b_now", type_=JobAttempt.finished_at.type), outcome="completed")
+)
+
+
+async def complete_many(db: Database, finished: Sequence[Done]) -> set[str]:
+    """Mark many jobs completed in one transaction, each only if its attempt still holds the
+    lease. Returns the ids of those fenced off (another attempt owns them now)."""
+    # unscoped: a worker's fenced writes to the jobs it holds.
+    if not finished:
+        return set()
+    now = datetime.now(UTC)
+    plain, with_progress = [], []
+    # Rows are locked in id order by every multi-row write of a worker (heartbeats too), so
+    # two of its transactions can never wait on each other.
+    finished = sorted(finished, key=lambda done: done.job_id)
+    for done in finished:
+        params = {
+            "b_id": done.job_id,
+            "b_attempt": done.attempt,
+            "b_token": done.token,
+            "b_now": now,
+            "b_result": done.result,
+        }
+        if done.progress is None:
+            plain.append(params)
+        else:
+            params["b_done"], params["b_total"], params["b_message"] = done.progress
+            with_progress.append(params)
+    async with db.write_connection() as connection:
+        stored = 0
+        for statement, rows in ((_COMPLETE, plain), (_COMPLETE_WITH_PROGRESS, with_progress)):
+            if rows:
+                stored += (await connection.execute(statement, rows)).rowcount
+        fenced: set[str] = set()
+        if stored != len(finished):
+            # Rare: some attempt lost its lease. Find which, by what this statement wrote.
+            ours = select(Job.id).where(
+                tuple_(Job.id, Job.attempt).in_([(d.job_id, d.attempt) for d in finished]),
+                Job.state == JobState.COMPLETED,
+                Job.finished_at == now,
+            )
+            kept = set((await connection.scalars(ours)).all())
+            fenced = {done.job_id for done in finished} - kept
+        attempts = [
+            {"b_id": d.job_id, "b_attempt": d.attempt, "b_now": now}
+            for d in finished
+            if d.job_id not in fenced
+        ]
+        if attempts:
+            await connection.execute(_ATTEMPT_COMPLETED, attempts)
+        for done in finished:
+            if done.logs and done.job_id not in fenced:
+                await _write_logs(connection, done.job_id, done.attempt, done.logs)
+    return fenced
 
 
 async def complete(
@@ -385,32 +623,12 @@ async def complete(
     logs: Sequence[tuple[datetime, str, str]] = (),
 ) -> bool:
     """Mark the job completed, if this attempt still holds its lease. False when fenced off."""
-    # unscoped: a worker's fenced write to the job it holds.
-    now = datetime.now(UTC)
-    async with db.transaction() as session:
-        values: dict[str, Any] = {
-            "state": JobState.COMPLETED,
-            "finished_at": now,
-            "lease_token": None,
-            "lease_expires_at": None,
-            "result": result,
-            "last_error": None,
-        }
-        if progress is not None:
-            values["progress_done"], values["progress_total"], values["progress_message"] = progress
-        done = await session.execute(
-            update(Job).where(_fence(job_id, attempt, token)).values(**values).returning(Job.id)
-        )
-        if done.first() is None:
-            return False
-        await _finish_attempt(session, job_id, attempt, now, outcome="completed")
-        if logs:
-            await _write_logs(session, job_id, attempt, logs)
-    return True
+    fenced = await complete_many(db, [Done(job_id, attempt, token, result, progress, logs)])
+    return job_id not in fenced
 
 
 async def _finish_attempt(
-    session: AsyncSession,
+    connection: AsyncConnection,
     job_id: str,
     attempt: int,
     now: datetime,
@@ -418,7 +636,7 @@ async def _finish_attempt(
     outcome: str,
     failure: Failure | None = None,
 ) -> None:
-    await session.execute(
+    await connection.execute(
         update(JobAttempt)
         .where(JobAttempt.job_id == job_id, JobAttempt.attempt == attempt)
         .values(
@@ -485,9 +703,11 @@ async def fail(
         )
         if moved.first() is None:
             return None
-        await _finish_attempt(session, job_id, attempt, now, outcome="failed", failure=failure)
+        await _finish_attempt(
+            await session.connection(), job_id, attempt, now, outcome="failed", failure=failure
+        )
         if logs:
-            await _write_logs(session, job_id, attempt, logs)
+            await _write_logs(await session.connection(), job_id, attempt, logs)
     return state
 
 
@@ -537,7 +757,9 @@ async def rescue(db: Database, *, limit: int = 100) -> int:
         jobs = list(await session.scalars(query))
         lost = Failure("worker_lost", "WorkerLost", "the worker stopped heartbeating")
         for job in jobs:
-            await _finish_attempt(session, job.id, job.attempt, now, outcome="failed", failure=lost)
+            await _finish_attempt(
+                await session.connection(), job.id, job.attempt, now, outcome="failed", failure=lost
+            )
             job.lease_token, job.lease_expires_at = None, None
             job.last_error = "worker_lost: the worker stopped heartbeating"
             if job.state == JobState.CANCELLING:

@@ -26,11 +26,13 @@ from keel.jobs.models import Job, JobEffect
 from keel.jobs.registry import JobSpec, Permanent, Transient, registered
 from keel.jobs.service import (
     CHANNEL,
+    Claimed,
+    Done,
     Failure,
     Lease,
     backoff,
     claim,
-    complete,
+    complete_many,
     fail,
     heartbeat_many,
     prune_finished,
@@ -44,8 +46,15 @@ __all__ = ["JobContext", "LeaseLost", "Worker"]
 
 T = TypeVar("T")
 PRUNE_INTERVAL = 600.0
-DEPTH_INTERVAL = 5.0
 """Seconds between retention passes over finished jobs."""
+DEPTH_INTERVAL = 5.0
+"""Seconds between queue-depth refreshes for the metrics."""
+FLUSH_DELAY = 0.005
+"""Seconds a finished job's completion may wait to be written with others (or until half
+a batch has finished)."""
+REFILL_DELAY = 0.005
+"""Seconds a freed slot may stay empty while a backlogged worker gathers freed slots into one
+claim (or until half of them are free)."""
 _logger = get_logger("keel.jobs")
 
 
@@ -78,7 +87,7 @@ class _Log:
 class JobContext:
     """What a running job sees: its ids, progress, a stored log, cancellation, exactly-once."""
 
-    def __init__(self, db: Database, job: Job, token: str) -> None:
+    def __init__(self, db: Database, job: Claimed, token: str) -> None:
         self.db = db
         self.job_id = job.id
         self.kind = job.kind
@@ -191,6 +200,12 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._cancel_deadlines: dict[str, float] = {}
+        self._completions: list[tuple[Done, asyncio.Future[bool | None]]] = []
+        self._completions_waiting = asyncio.Event()
+        self._completions_full = asyncio.Event()
+        self._flush_at = max(1, concurrency // 2)
+        self._refill_at = max(1, concurrency // 2)
+        self._next_queue = 0
         self._stopping = asyncio.Event()
         self._listener: Any = None
 
@@ -201,6 +216,7 @@ class Worker:
             asyncio.create_task(self._heartbeats(), name="keel-jobs-heartbeat"),
             asyncio.create_task(self._rescuer(), name="keel-jobs-rescuer"),
             asyncio.create_task(self._scheduler(), name="keel-jobs-scheduler"),
+            asyncio.create_task(self._flusher(), name="keel-jobs-completions"),
         ]
         await self._listen()
         try:
@@ -222,9 +238,24 @@ class Worker:
     # --- claiming ----------------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         wake = wake_event()
+        loop = asyncio.get_running_loop()
+        backlog = False  # the last claim filled every free slot: more jobs are likely waiting
+        gathering_since: float | None = None
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
-            claimed: list[Job] = []
+            if 0 < free < self._refill_at and backlog:
+                # Under a backlog, one claim for many freed slots costs far less than one per
+                # slot; but a slot never waits more than REFILL_DELAY for its next job.
+                if gathering_since is None:
+                    gathering_since = loop.time()
+                left = gathering_since + REFILL_DELAY - loop.time()
+                if left > 0:
+                    wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), timeout=left)
+                    continue
+            gathering_since = None
+            claimed: list[Claimed] = []
             if free > 0:
                 try:
                     claimed = await self._claim(free)
@@ -237,17 +268,28 @@ class Worker:
                         max(0.0, (now - job.run_at).total_seconds())
                     )
                 self._start(job)
-            if claimed and len(claimed) == free:
+            backlog = free > 0 and len(claimed) == free
+            if backlog:
                 continue  # more may be waiting
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
 
-    async def _claim(self, free: int) -> list[Job]:
-        """Claim up to `free` jobs, honouring per-queue limits."""
-        unlimited = [q for q in self.queues if q not in self.queue_limits]
-        claimed: list[Job] = []
-        for queue, limit in self.queue_limits.items():
+    async def _claim(self, free: int) -> list[Claimed]:
+        """Claim up to `free` jobs, honouring per-queue limits; the queue asked first turns
+        round, so one queue's backlog cannot starve the others in this worker."""
+        if not self.queues:
+            return []
+        start = self._next_queue % len(self.queues)
+        self._next_queue += 1
+        order = self.queues[start:] + self.queues[:start]
+        claimed: list[Claimed] = []
+        unlimited: list[str] = []
+        for queue in order:
+            limit = self.queue_limits.get(queue)
+            if limit is None:
+                unlimited.append(queue)
+                continue
             busy = sum(1 for name in self._queue_of.values() if name == queue)
             room = min(free - len(claimed), limit - busy)
             if room > 0:
@@ -261,7 +303,7 @@ class Worker:
             )
         return claimed
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Claimed) -> None:
         token = str(job.lease_token)
         context = JobContext(self.db, job, token)
         task = asyncio.create_task(self._execute(job, context), name=f"keel-job-{job.id}")
@@ -281,7 +323,7 @@ class Worker:
         wake_event().set()  # a slot is free
 
     # --- running -----------------------------------------------------------------------------
-    async def _execute(self, job: Job, context: JobContext) -> None:
+    async def _execute(self, job: Claimed, context: JobContext) -> None:
         started = asyncio.get_running_loop().time()
         try:
             await self._execute_traced(job, context)
@@ -294,7 +336,7 @@ class Worker:
                 if context._failure is not None:
                     self.metrics.failures.labels(job.kind, context._failure).inc()
 
-    async def _execute_traced(self, job: Job, context: JobContext) -> None:
+    async def _execute_traced(self, job: Claimed, context: JobContext) -> None:
         spec = registered().get(job.kind)
         trace_token = set_trace(_trace_of(job.traceparent))
         actor_token = bind_actor(
@@ -311,7 +353,7 @@ class Worker:
             reset_actor(actor_token)
             reset_trace(trace_token)
 
-    async def _run(self, spec: JobSpec, job: Job, context: JobContext) -> None:
+    async def _run(self, spec: JobSpec, job: Claimed, context: JobContext) -> None:
         try:
             kwargs = spec.call_arguments(job.args)
             if spec.is_async:
@@ -335,23 +377,46 @@ class Worker:
             await self._failed(context, job, _classify(exc))
             return
         progress, logs = context._take()
-        try:
-            stored = await complete(
-                self.db,
-                job.id,
-                context.attempt,
-                context._token,
-                result=_jsonable(result),
-                progress=progress,
-                logs=logs,
-            )
-        except Exception as exc:  # noqa: BLE001 - the rescuer will retry the job
-            _logger.warning("recording a completion failed", job_id=job.id, error=str(exc))
-            return
-        if not stored:
+        done = Done(job.id, context.attempt, context._token, _jsonable(result), progress, logs)
+        stored = await self._record_completion(done)
+        if stored is False:
             _logger.warning("completion fenced off: the lease was lost", job_id=job.id)
 
-    async def _failed(self, context: JobContext, job: Job, failure: Failure) -> None:
+    async def _record_completion(self, done: Done) -> bool | None:
+        """Queue the completion for the next batched write and wait for it (the job keeps
+        its slot until then). True stored, False fenced off, None the write failed (the
+        rescuer runs the job again once its lease expires)."""
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._completions.append((done, future))
+        self._completions_waiting.set()
+        if len(self._completions) >= self._flush_at:
+            self._completions_full.set()
+        return await future
+
+    async def _flusher(self) -> None:
+        """Write finished jobs' completions in batches: when half a batch is waiting, or
+        FLUSH_DELAY after the first one."""
+        while True:
+            await self._completions_waiting.wait()
+            if len(self._completions) < self._flush_at:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._completions_full.wait(), timeout=FLUSH_DELAY)
+            batch, self._completions = self._completions, []
+            self._completions_waiting.clear()
+            self._completions_full.clear()
+            if not batch:
+                continue
+            outcome: set[str] | None
+            try:
+                outcome = await complete_many(self.db, [done for done, _future in batch])
+            except Exception as exc:  # noqa: BLE001 - the rescuer will retry the jobs
+                _logger.warning("recording completions failed", jobs=len(batch), error=str(exc))
+                outcome = None
+            for done, future in batch:
+                if not future.done():
+                    future.set_result(None if outcome is None else done.job_id not in outcome)
+
+    async def _failed(self, context: JobContext, job: Claimed, failure: Failure) -> None:
         context._failure = failure.kind
         spec = registered().get(job.kind)
         delay = (

@@ -327,32 +327,30 @@ async def test_many_workers_run_each_job_once(db: Database) -> None:
         assert await session.scalar(select(func.max(Job.attempt))) == 1
 
 
+NAPPING = {"now": 0, "peak": 0}
+
+
 @job("test.napping", queue="narrow")
 async def napping(ctx: JobContext) -> None:
-    await asyncio.sleep(0.3)
+    NAPPING["now"] += 1
+    NAPPING["peak"] = max(NAPPING["peak"], NAPPING["now"])
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        NAPPING["now"] -= 1
 
 
 async def test_a_queue_limit_caps_its_running_jobs(db: Database) -> None:
-    """`narrow:1` runs one job of that queue at a time, while other queues use the rest."""
+    """`narrow:1` runs one handler of that queue at a time, while other queues use the rest.
+    (The database may show a second one `running` for the few milliseconds its completion
+    waits to be written with others: the limit is on handlers, not on that write.)"""
+    NAPPING.update(now=0, peak=0)
     ids = [await _enqueue(db, "test.napping") for _ in range(3)]
     others = [await _enqueue(db, "test.add", {"a": n}) for n in range(4)]
-    peak = 0
     async with running(db, queues=["narrow:1", "default"], concurrency=5):
-        while True:
-            async with db.session() as session:
-                busy = await session.scalar(
-                    select(func.count())
-                    .select_from(Job)
-                    .where(Job.queue == "narrow", Job.state == JobState.RUNNING)
-                )
-                left = await session.scalar(
-                    select(func.count()).select_from(Job).where(Job.state != JobState.COMPLETED)
-                )
-            peak = max(peak, int(busy or 0))
-            if not left:
-                break
-            await asyncio.sleep(0.02)
-    assert peak == 1
+        for job_id in ids + others:
+            await _until(db, job_id, JobState.COMPLETED, timeout=10)
+    assert NAPPING["peak"] == 1
     for job_id in ids + others:
         assert (await _job(db, job_id)).state == JobState.COMPLETED
     with pytest.raises(ValueError, match="positive integer"):

@@ -62,6 +62,8 @@ class JobSpec:
 
     def call_arguments(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Stored JSON arguments turned back into the function's types."""
+        if not self.arguments.model_fields and not args:
+            return {}  # a job without arguments: nothing to convert
         model = self.arguments.model_validate(dict(args))
         return {name: getattr(model, name) for name in type(model).model_fields}
 

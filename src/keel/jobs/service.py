@@ -4,6 +4,7 @@ cancel and retry. Every write by a worker is fenced by (job id, attempt, lease t
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import weakref
 from collections.abc import Mapping, Sequence
@@ -12,18 +13,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
+    Integer,
+    String,
+    Text,
     bindparam,
+    cast,
     delete,
     event,
     func,
     insert,
-    literal,
     or_,
     select,
     text,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
@@ -268,63 +274,61 @@ async def claim(
     limit: int,
     worker_id: str,
     lease: timedelta,
+    connection: AsyncConnection | None = None,
 ) -> list[Claimed]:
     """Take up to `limit` due jobs of `queues`, each with a fresh lease, queue by queue in
     the given order (within a queue: priority, then due time, then id — the claim index's
     order). PostgreSQL: one statement per queue with FOR UPDATE SKIP LOCKED (workers never
-    block each other); SQLite: the write lock serialises claims."""
+    block each other); SQLite: the write lock serialises claims. `connection`: an autocommit
+    connection the worker keeps for this (PostgreSQL), saving a checkout per claim."""
     claimed: list[Claimed] = []
     for queue in queues:
         room = limit - len(claimed)
         if room <= 0:
             break
         if db.dialect == "postgresql":
-            claimed += await _claim_postgres(db, queue, room, worker_id, lease)
+            claimed += await _claim_postgres(
+                db, queue, room, worker_id, lease, connection=connection
+            )
         else:
             claimed += await _claim_sqlite(db, queue, room, worker_id, lease)
     return claimed
 
 
-def _due(queue: str, now: datetime) -> tuple[Any, ...]:
-    return (Job.queue == queue, Job.state.in_(CLAIMABLE), Job.run_at <= now)
+# The claim statements are built once, with bound parameters: building and hashing a CTE
+# statement per claim cost more CPU than running it.
+_NOW = bindparam("c_now", type_=Job.run_at.type)
+_DUE = (
+    Job.queue == bindparam("c_queue", type_=Job.queue.type),
+    Job.state.in_(CLAIMABLE),
+    Job.run_at <= _NOW,
+)
+_LEASE_VALUES: dict[str, Any] = {
+    "state": JobState.RUNNING,
+    "attempt": Job.attempt + 1,
+    "lease_token": bindparam("c_token", type_=Job.lease_token.type),
+    "lease_expires_at": bindparam("c_expires", type_=Job.lease_expires_at.type),
+    "worker_id": bindparam("c_worker", type_=Job.worker_id.type),
+    "started_at": func.coalesce(Job.started_at, _NOW),
+}
+_ORDER = (Job.priority, Job.run_at, Job.id)  # the claim index's order
 
 
-def _lease_values(token: str, worker_id: str, now: datetime, lease: timedelta) -> dict[str, Any]:
-    return {
-        "state": JobState.RUNNING,
-        "attempt": Job.attempt + 1,
-        "lease_token": token,
-        "lease_expires_at": now + lease,
-        "worker_id": worker_id,
-        "started_at": func.coalesce(Job.started_at, now),
-    }
-
-
-def _claimed(rows: Sequence[Any]) -> list[Claimed]:
-    jobs = [Claimed(*row) for row in rows]
-    jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
-    return jobs
-
-
-async def _claim_postgres(
-    db: Database, queue: str, limit: int, worker_id: str, lease: timedelta
-) -> list[Claimed]:
-    # unscoped: workers serve every tenant's jobs.
-    now = datetime.now(UTC)
-    token = new_id()  # one per claim: the fence is (job id, attempt, token)
-    # One round trip: pick (skipping rows other workers hold), lease, and open the attempts.
+def _claim_statement_postgres() -> Any:
+    """Pick (skipping rows other workers hold), lease, and open the attempts: one statement,
+    so one round trip, atomic by itself."""
     picked = (
         select(Job.id)
-        .where(*_due(queue, now))
-        .order_by(Job.priority, Job.run_at, Job.id)
-        .limit(limit)
+        .where(*_DUE)
+        .order_by(*_ORDER)
+        .limit(bindparam("c_limit", type_=Integer))
         .with_for_update(skip_locked=True)
         .cte("picked")
     )
     leased = (
         update(Job)
         .where(Job.id == picked.c.id)
-        .values(**_lease_values(token, worker_id, now, lease))
+        .values(**_LEASE_VALUES)
         .returning(*_CLAIMED_COLUMNS)
         .cte("leased")
     )
@@ -335,15 +339,68 @@ async def _claim_postgres(
             select(
                 leased.c.id,
                 leased.c.attempt,
-                literal(worker_id, JobAttempt.worker_id.type),
-                literal(now, JobAttempt.started_at.type),
+                bindparam("c_worker", type_=JobAttempt.worker_id.type),
+                bindparam("c_now", type_=JobAttempt.started_at.type),
             ),
         )
         .cte("attempts")
     )
-    statement = select(*(leased.c[column.key] for column in _CLAIMED_COLUMNS)).add_cte(attempts)
-    async with db.write_connection() as connection:
-        rows = (await connection.execute(statement)).all()
+    return select(*(leased.c[column.key] for column in _CLAIMED_COLUMNS)).add_cte(attempts)
+
+
+_CLAIM_POSTGRES = _claim_statement_postgres()
+_PROBE_SQLITE = select(Job.id).where(*_DUE).limit(1)
+_CLAIM_SQLITE = (
+    update(Job)
+    .where(
+        Job.id.in_(
+            select(Job.id)
+            .where(*_DUE)
+            .order_by(*_ORDER)
+            .limit(bindparam("c_limit", type_=Integer))
+            .scalar_subquery()
+        )
+    )
+    .values(**_LEASE_VALUES)
+    .returning(*_CLAIMED_COLUMNS)
+)
+
+
+def _claim_parameters(
+    queue: str, limit: int, worker_id: str, lease: timedelta, now: datetime
+) -> dict[str, Any]:
+    return {
+        "c_queue": queue,
+        "c_now": now,
+        "c_limit": limit,
+        "c_token": new_id(),  # one per claim: the fence is (job id, attempt, token)
+        "c_expires": now + lease,
+        "c_worker": worker_id,
+    }
+
+
+def _claimed(rows: Sequence[Any]) -> list[Claimed]:
+    jobs = [Claimed(*row) for row in rows]
+    jobs.sort(key=lambda job: (job.priority, job.run_at, job.id))
+    return jobs
+
+
+async def _claim_postgres(
+    db: Database,
+    queue: str,
+    limit: int,
+    worker_id: str,
+    lease: timedelta,
+    *,
+    connection: AsyncConnection | None,
+) -> list[Claimed]:
+    # unscoped: workers serve every tenant's jobs.
+    parameters = _claim_parameters(queue, limit, worker_id, lease, datetime.now(UTC))
+    if connection is not None:
+        rows = (await connection.execute(_CLAIM_POSTGRES, parameters)).all()
+    else:
+        async with db.write_connection() as own:
+            rows = (await own.execute(_CLAIM_POSTGRES, parameters)).all()
     return _claimed(rows)
 
 
@@ -351,29 +408,13 @@ async def _claim_sqlite(
     db: Database, queue: str, limit: int, worker_id: str, lease: timedelta
 ) -> list[Claimed]:
     # unscoped: workers serve every tenant's jobs.
-    now = datetime.now(UTC)
+    parameters = _claim_parameters(queue, limit, worker_id, lease, datetime.now(UTC))
     async with db.engine.connect() as connection:
         # A read first, so an idle worker never takes SQLite's write lock.
-        probe = select(Job.id).where(*_due(queue, now)).limit(1)
-        if (await connection.execute(probe)).first() is None:
+        if (await connection.execute(_PROBE_SQLITE, parameters)).first() is None:
             return []
-    token = new_id()
-    chosen = (
-        select(Job.id)
-        .where(*_due(queue, now))
-        .order_by(Job.priority, Job.run_at, Job.id)
-        .limit(limit)
-        .scalar_subquery()
-    )
     async with db.write_connection() as connection:
-        rows = (
-            await connection.execute(
-                update(Job)
-                .where(Job.id.in_(chosen))
-                .values(**_lease_values(token, worker_id, now, lease))
-                .returning(*_CLAIMED_COLUMNS)
-            )
-        ).all()
+        rows = (await connection.execute(_CLAIM_SQLITE, parameters)).all()
         if rows:
             await connection.execute(
                 insert(JobAttempt),
@@ -382,7 +423,7 @@ async def _claim_sqlite(
                         "job_id": row.id,
                         "attempt": row.attempt,
                         "worker_id": worker_id,
-                        "started_at": now,
+                        "started_at": parameters["c_now"],
                     }
                     for row in rows
                 ],
@@ -397,6 +438,25 @@ def _fence(job_id: str, attempt: int, token: str) -> Any:
         & (Job.lease_token == token)
         & (Job.state.in_((JobState.RUNNING, JobState.CANCELLING)))
     )
+
+
+_LEASED_STATES = (JobState.RUNNING, JobState.CANCELLING)
+_FENCED = (
+    (Job.id == bindparam("b_id"))
+    & (Job.attempt == bindparam("b_attempt"))
+    & (Job.lease_token == bindparam("b_token"))
+    # Not `in_()`: an expanding IN cannot be used with executemany.
+    & or_(*(Job.state == state for state in _LEASED_STATES))
+)
+_PROGRESS = (
+    update(Job)
+    .where(_FENCED)
+    .values(
+        progress_done=bindparam("b_done", type_=Job.progress_done.type),
+        progress_total=bindparam("b_total", type_=Job.progress_total.type),
+        progress_message=bindparam("b_message", type_=Job.progress_message.type),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,34 +509,51 @@ class Lease:
 async def heartbeat_many(
     db: Database, leases: Sequence[Lease], *, lease: timedelta
 ) -> dict[str, Beat]:
-    """`heartbeat` for all of a worker's jobs in one transaction (one commit, one turn of
-    SQLite's write lock, however many jobs are running)."""
+    """`heartbeat` for all of a worker's jobs in one transaction: one statement extends every
+    lease still held, then progress and log lines are written for those (one commit, one turn
+    of SQLite's write lock, however many jobs are running)."""
     # unscoped: a worker's fenced writes to the jobs it holds.
+    if not leases:
+        return {}
     now = datetime.now(UTC)
-    beats: dict[str, Beat] = {}
-    async with db.transaction() as session:
-        for held in sorted(leases, key=lambda held: held.job_id):  # lock order: see complete_many
-            values: dict[str, Any] = {"lease_expires_at": now + lease}
-            if held.progress is not None:
-                (
-                    values["progress_done"],
-                    values["progress_total"],
-                    values["progress_message"],
-                ) = held.progress
-            result = await session.execute(
-                update(Job)
-                .where(_fence(held.job_id, held.attempt, held.token))
-                .values(**values)
-                .returning(Job.state)
+    held = sorted(leases, key=lambda item: item.job_id)  # lock order: see complete_many
+    async with db.write_connection() as connection:
+        extended = await connection.execute(
+            update(Job)
+            .where(
+                tuple_(Job.id, Job.attempt, Job.lease_token).in_(
+                    [(item.job_id, item.attempt, item.token) for item in held]
+                ),
+                Job.state.in_(_LEASED_STATES),
             )
-            state = result.scalar_one_or_none()
-            if state is None:
-                beats[held.job_id] = Beat(owned=False, cancel_requested=False)
-                continue
-            if held.logs:
-                await _write_logs(await session.connection(), held.job_id, held.attempt, held.logs)
-            beats[held.job_id] = Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
-    return beats
+            .values(lease_expires_at=now + lease)
+            .returning(Job.id, Job.state)
+        )
+        states: dict[str, str] = {row.id: row.state for row in extended}
+        progress = [
+            {
+                "b_id": item.job_id,
+                "b_attempt": item.attempt,
+                "b_token": item.token,
+                "b_done": item.progress[0],
+                "b_total": item.progress[1],
+                "b_message": item.progress[2],
+            }
+            for item in held
+            if item.progress is not None and item.job_id in states
+        ]
+        if progress:
+            await connection.execute(_PROGRESS, progress)
+        for item in held:
+            if item.logs and item.job_id in states:
+                await _write_logs(connection, item.job_id, item.attempt, item.logs)
+    return {
+        item.job_id: Beat(
+            owned=item.job_id in states,
+            cancel_requested=states.get(item.job_id) == JobState.CANCELLING,
+        )
+        for item in held
+    }
 
 
 async def _write_logs(
@@ -526,14 +603,6 @@ class Done:
     logs: Sequence[tuple[datetime, str, str]] = ()
 
 
-_LEASED_STATES = (JobState.RUNNING, JobState.CANCELLING)
-_FENCED = (
-    (Job.id == bindparam("b_id"))
-    & (Job.attempt == bindparam("b_attempt"))
-    & (Job.lease_token == bindparam("b_token"))
-    # Not `in_()`: an expanding IN cannot be used with executemany.
-    & or_(*(Job.state == state for state in _LEASED_STATES))
-)
 _COMPLETE = (
     update(Job)
     .where(_FENCED)
@@ -560,12 +629,19 @@ _ATTEMPT_COMPLETED = (
 )
 
 
-async def complete_many(db: Database, finished: Sequence[Done]) -> set[str]:
+async def complete_many(
+    db: Database, finished: Sequence[Done], *, connection: AsyncConnection | None = None
+) -> set[str]:
     """Mark many jobs completed in one transaction, each only if its attempt still holds the
-    lease. Returns the ids of those fenced off (another attempt owns them now)."""
+    lease. Returns the ids of those fenced off (another attempt owns them now).
+
+    `connection`: an autocommit PostgreSQL connection the worker keeps; completions without
+    progress or log lines then take one statement (one round trip)."""
     # unscoped: a worker's fenced writes to the jobs it holds.
     if not finished:
         return set()
+    if connection is not None and not any(d.progress is not None or d.logs for d in finished):
+        return await _complete_postgres(connection, finished)
     now = datetime.now(UTC)
     plain, with_progress = [], []
     # Rows are locked in id order by every multi-row write of a worker (heartbeats too), so
@@ -584,11 +660,11 @@ async def complete_many(db: Database, finished: Sequence[Done]) -> set[str]:
         else:
             params["b_done"], params["b_total"], params["b_message"] = done.progress
             with_progress.append(params)
-    async with db.write_connection() as connection:
+    async with db.write_connection() as writer:
         stored = 0
         for statement, rows in ((_COMPLETE, plain), (_COMPLETE_WITH_PROGRESS, with_progress)):
             if rows:
-                stored += (await connection.execute(statement, rows)).rowcount
+                stored += (await writer.execute(statement, rows)).rowcount
         fenced: set[str] = set()
         if stored != len(finished):
             # Rare: some attempt lost its lease. Find which, by what this statement wrote.
@@ -597,7 +673,7 @@ async def complete_many(db: Database, finished: Sequence[Done]) -> set[str]:
                 Job.state == JobState.COMPLETED,
                 Job.finished_at == now,
             )
-            kept = set((await connection.scalars(ours)).all())
+            kept = set((await writer.scalars(ours)).all())
             fenced = {done.job_id for done in finished} - kept
         attempts = [
             {"b_id": d.job_id, "b_attempt": d.attempt, "b_now": now}
@@ -605,11 +681,68 @@ async def complete_many(db: Database, finished: Sequence[Done]) -> set[str]:
             if d.job_id not in fenced
         ]
         if attempts:
-            await connection.execute(_ATTEMPT_COMPLETED, attempts)
+            await writer.execute(_ATTEMPT_COMPLETED, attempts)
         for done in finished:
             if done.logs and done.job_id not in fenced:
-                await _write_logs(connection, done.job_id, done.attempt, done.logs)
+                await _write_logs(writer, done.job_id, done.attempt, done.logs)
     return fenced
+
+
+def _complete_statement_postgres() -> Any:
+    """Fenced completion of many jobs and their attempts: one statement (built once)."""
+    now = bindparam("b_now", type_=Job.finished_at.type)
+    rows = (
+        select(
+            func.unnest(bindparam("b_ids", type_=ARRAY(String))).label("id"),
+            func.unnest(bindparam("b_attempts", type_=ARRAY(Integer))).label("attempt"),
+            func.unnest(bindparam("b_tokens", type_=ARRAY(String))).label("token"),
+            func.unnest(bindparam("b_results", type_=ARRAY(Text))).label("result"),
+        )
+    ).subquery("finished")
+    done = (
+        update(Job)
+        .where(
+            Job.id == rows.c.id,
+            Job.attempt == rows.c.attempt,
+            Job.lease_token == rows.c.token,
+            Job.state.in_(_LEASED_STATES),
+        )
+        .values(
+            state=JobState.COMPLETED,
+            finished_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+            result=cast(rows.c.result, JSON),
+            last_error=None,
+        )
+        .returning(Job.id, Job.attempt)
+        .cte("done")
+    )
+    attempts = (
+        update(JobAttempt)
+        .where(JobAttempt.job_id == done.c.id, JobAttempt.attempt == done.c.attempt)
+        .values(finished_at=now, outcome="completed")
+        .cte("attempts")
+    )
+    return select(done.c.id).add_cte(attempts)
+
+
+_COMPLETE_POSTGRES = _complete_statement_postgres()
+
+
+async def _complete_postgres(connection: AsyncConnection, finished: Sequence[Done]) -> set[str]:
+    ordered = sorted(finished, key=lambda done: done.job_id)  # lock order: see complete_many
+    stored = await connection.scalars(
+        _COMPLETE_POSTGRES,
+        {
+            "b_now": datetime.now(UTC),
+            "b_ids": [d.job_id for d in ordered],
+            "b_attempts": [d.attempt for d in ordered],
+            "b_tokens": [d.token for d in ordered],
+            "b_results": [json.dumps(d.result) for d in ordered],
+        },
+    )
+    return {d.job_id for d in ordered} - set(stored.all())
 
 
 async def complete(

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from keel.audit.context import Actor, bind_actor, reset_actor
 from keel.core.context import TraceContext, reset_trace, set_trace
@@ -95,7 +95,8 @@ class JobContext:
         self.args = dict(job.args)
         self.traceparent = job.traceparent
         self._token = token
-        self._cancelled = asyncio.Event()
+        self._cancel_requested = False
+        self._cancelled: asyncio.Event | None = None  # made when a job waits for it
         self._logs: list[tuple[datetime, str, str]] = []
         self._progress: tuple[float | None, float | None, str | None] | None = None
         self._failure: str | None = None
@@ -104,11 +105,20 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """Whether an operator asked this job to stop (check it between steps)."""
-        return self._cancelled.is_set()
+        return self._cancel_requested
 
     async def wait_cancelled(self) -> None:
         """Return when the job is asked to stop."""
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+            if self._cancel_requested:
+                self._cancelled.set()
         await self._cancelled.wait()
+
+    def _request_cancel(self) -> None:
+        self._cancel_requested = True
+        if self._cancelled is not None:
+            self._cancelled.set()
 
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report progress; written with the next heartbeat (at most once a second)."""
@@ -159,6 +169,36 @@ def _trace_of(traceparent: str | None) -> TraceContext | None:
     )
 
 
+class _Dedicated:
+    """An autocommit connection a worker keeps for one of its loops (PostgreSQL only): no pool
+    checkout, ping, BEGIN or COMMIT per claim or completion batch. Reopened after an error."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._connection: AsyncConnection | None = None
+
+    async def get(self) -> AsyncConnection | None:
+        """The connection (None on SQLite, whose writes go through the write lock)."""
+        if self.db.dialect != "postgresql":
+            return None
+        if self._connection is None:
+            connection = await self.db.engine.connect()
+            self._connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        return self._connection
+
+    async def done(self) -> None:
+        """End SQLAlchemy's bookkeeping transaction (the database autocommitted already)."""
+        if self._connection is not None:
+            await self._connection.commit()
+
+    async def close(self) -> None:
+        """Close it (after an error, the next `get` opens a fresh one)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
 class Worker:
     """Runs jobs of `queues`, at most `concurrency` at once."""
 
@@ -200,12 +240,16 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._cancel_deadlines: dict[str, float] = {}
-        self._completions: list[tuple[Done, asyncio.Future[bool | None]]] = []
+        self._completions: list[Done] = []
+        self._flush_lock = asyncio.Lock()
         self._completions_waiting = asyncio.Event()
         self._completions_full = asyncio.Event()
         self._flush_at = max(1, concurrency // 2)
         self._refill_at = max(1, concurrency // 2)
         self._next_queue = 0
+        self._backlog = False
+        self._claimer = _Dedicated(db)
+        self._completer = _Dedicated(db)
         self._stopping = asyncio.Event()
         self._listener: Any = None
 
@@ -223,12 +267,15 @@ class Worker:
             await self._claim_loop()
         finally:
             await self._drain()
+            await self._flush()  # what finished during the drain
             for task in loops:
                 task.cancel()
             for task in loops:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await self._unlisten()
+            await self._claimer.close()
+            await self._completer.close()
 
     def stop(self) -> None:
         """Stop claiming; `run()` then winds down."""
@@ -239,11 +286,12 @@ class Worker:
     async def _claim_loop(self) -> None:
         wake = wake_event()
         loop = asyncio.get_running_loop()
-        backlog = False  # the last claim filled every free slot: more jobs are likely waiting
         gathering_since: float | None = None
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
-            if 0 < free < self._refill_at and backlog:
+            if len(self._completions) >= self.concurrency:
+                free = 0  # completions are not being stored as fast as jobs finish: wait
+            if 0 < free < self._refill_at and self._backlog:
                 # Under a backlog, one claim for many freed slots costs far less than one per
                 # slot; but a slot never waits more than REFILL_DELAY for its next job.
                 if gathering_since is None:
@@ -268,14 +316,26 @@ class Worker:
                         max(0.0, (now - job.run_at).total_seconds())
                     )
                 self._start(job)
-            backlog = free > 0 and len(claimed) == free
-            if backlog:
+            # The last claim filled every free slot: more jobs are likely waiting.
+            self._backlog = free > 0 and len(claimed) == free
+            if self._backlog:
                 continue  # more may be waiting
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
 
     async def _claim(self, free: int) -> list[Claimed]:
+        """Claim up to `free` jobs on the worker's claim connection."""
+        try:
+            connection = await self._claimer.get()
+            claimed = await self._claim_on(connection, free)
+            await self._claimer.done()
+        except Exception:
+            await self._claimer.close()
+            raise
+        return claimed
+
+    async def _claim_on(self, connection: AsyncConnection | None, free: int) -> list[Claimed]:
         """Claim up to `free` jobs, honouring per-queue limits; the queue asked first turns
         round, so one queue's backlog cannot starve the others in this worker."""
         if not self.queues:
@@ -294,12 +354,22 @@ class Worker:
             room = min(free - len(claimed), limit - busy)
             if room > 0:
                 claimed += await claim(
-                    self.db, queues=[queue], limit=room, worker_id=self.worker_id, lease=self.lease
+                    self.db,
+                    queues=[queue],
+                    limit=room,
+                    worker_id=self.worker_id,
+                    lease=self.lease,
+                    connection=connection,
                 )
         room = free - len(claimed)
         if unlimited and room > 0:
             claimed += await claim(
-                self.db, queues=unlimited, limit=room, worker_id=self.worker_id, lease=self.lease
+                self.db,
+                queues=unlimited,
+                limit=room,
+                worker_id=self.worker_id,
+                lease=self.lease,
+                connection=connection,
             )
         return claimed
 
@@ -320,7 +390,10 @@ class Worker:
         self._running.pop(job_id, None)
         self._queue_of.pop(job_id, None)
         self._cancel_deadlines.pop(job_id, None)
-        wake_event().set()  # a slot is free
+        # A slot is free. Under a backlog the claim loop is gathering freed slots on a timer
+        # and need only be woken once enough are free.
+        if not self._backlog or self.concurrency - len(self._running) >= self._refill_at:
+            wake_event().set()
 
     # --- running -----------------------------------------------------------------------------
     async def _execute(self, job: Claimed, context: JobContext) -> None:
@@ -377,21 +450,17 @@ class Worker:
             await self._failed(context, job, _classify(exc))
             return
         progress, logs = context._take()
-        done = Done(job.id, context.attempt, context._token, _jsonable(result), progress, logs)
-        stored = await self._record_completion(done)
-        if stored is False:
-            _logger.warning("completion fenced off: the lease was lost", job_id=job.id)
+        self._record_completion(
+            Done(job.id, context.attempt, context._token, _jsonable(result), progress, logs)
+        )
 
-    async def _record_completion(self, done: Done) -> bool | None:
-        """Queue the completion for the next batched write and wait for it (the job keeps
-        its slot until then). True stored, False fenced off, None the write failed (the
-        rescuer runs the job again once its lease expires)."""
-        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._completions.append((done, future))
+    def _record_completion(self, done: Done) -> None:
+        """Queue the completion for the next batched write. The job's slot frees at once
+        (its handler is done); its lease stays until the write, which fences it as usual."""
+        self._completions.append(done)
         self._completions_waiting.set()
         if len(self._completions) >= self._flush_at:
             self._completions_full.set()
-        return await future
 
     async def _flusher(self) -> None:
         """Write finished jobs' completions in batches: when half a batch is waiting, or
@@ -401,20 +470,26 @@ class Worker:
             if len(self._completions) < self._flush_at:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._completions_full.wait(), timeout=FLUSH_DELAY)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
             batch, self._completions = self._completions, []
             self._completions_waiting.clear()
             self._completions_full.clear()
             if not batch:
-                continue
-            outcome: set[str] | None
+                return
             try:
-                outcome = await complete_many(self.db, [done for done, _future in batch])
-            except Exception as exc:  # noqa: BLE001 - the rescuer will retry the jobs
+                fenced = await complete_many(self.db, batch, connection=await self._completer.get())
+                await self._completer.done()
+            except Exception as exc:  # noqa: BLE001 - the rescuer runs them again
+                await self._completer.close()
                 _logger.warning("recording completions failed", jobs=len(batch), error=str(exc))
-                outcome = None
-            for done, future in batch:
-                if not future.done():
-                    future.set_result(None if outcome is None else done.job_id not in outcome)
+                return
+            finally:
+                wake_event().set()  # claiming may have paused for this write
+            for job_id in sorted(fenced):
+                _logger.warning("completion fenced off: the lease was lost", job_id=job_id)
 
     async def _failed(self, context: JobContext, job: Claimed, failure: Failure) -> None:
         context._failure = failure.kind
@@ -468,7 +543,7 @@ class Worker:
                 if not beat.owned:
                     task.cancel()  # another attempt owns it; our writes are fenced anyway
                 elif beat.cancel_requested and not context.cancelled:
-                    context._cancelled.set()
+                    context._request_cancel()
                     self._cancel_deadlines[job_id] = loop.time() + self.cancel_grace
                 deadline = self._cancel_deadlines.get(job_id)
                 if deadline is not None and loop.time() > deadline and not task.done():

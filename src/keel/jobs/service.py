@@ -23,6 +23,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -105,6 +106,13 @@ def _after_commit(session: Session) -> None:
 
 def _is_postgres(session: AsyncSession) -> bool:
     return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+def _state_in(states: Sequence[str]) -> Any:
+    """`state IN ('a', 'b')` with the states written into the SQL: a partial index's WHERE
+    is used only when the query's condition implies it, which bound parameters never do
+    (SQLite's planner, and PostgreSQL's generic plans for prepared statements)."""
+    return Job.state.in_([literal_column(f"'{state}'") for state in states])
 
 
 async def _notify(session: AsyncSession, queue: str) -> None:
@@ -206,9 +214,9 @@ async def _existing(
     # unscoped: idempotency keys are per queue; the enqueuing transaction decides.
     query = select(Job).where(Job.queue == queue, Job.idempotency_key == key)
     if window is None:
-        query = query.where(Job.state.in_(ACTIVE))
+        query = query.where(_state_in(ACTIVE))
     else:
-        query = query.where((Job.state.in_(ACTIVE)) | (Job.created_at >= now - window))
+        query = query.where(_state_in(ACTIVE) | (Job.created_at >= now - window))
     return await session.scalar(query.order_by(Job.created_at.desc()).limit(1))
 
 
@@ -300,7 +308,7 @@ async def claim(
 _NOW = bindparam("c_now", type_=Job.run_at.type)
 _DUE = (
     Job.queue == bindparam("c_queue", type_=Job.queue.type),
-    Job.state.in_(CLAIMABLE),
+    _state_in(CLAIMABLE),
     Job.run_at <= _NOW,
 )
 _LEASE_VALUES: dict[str, Any] = {
@@ -879,7 +887,7 @@ async def rescue(db: Database, *, limit: int = 100) -> int:
         query = (
             select(Job)
             .where(
-                Job.state.in_((JobState.RUNNING, JobState.CANCELLING)),
+                _state_in((JobState.RUNNING, JobState.CANCELLING)),
                 Job.lease_expires_at < now,
             )
             .order_by(Job.lease_expires_at)

@@ -244,7 +244,7 @@ class Worker:
         self._flush_lock = asyncio.Lock()
         self._completions_waiting = asyncio.Event()
         self._completions_full = asyncio.Event()
-        self._flush_at = max(1, concurrency // 2)
+        self._flush_at = max(1, concurrency)
         self._refill_at = max(1, concurrency // 2)
         self._next_queue = 0
         self._backlog = False

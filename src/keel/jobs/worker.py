@@ -316,10 +316,11 @@ class Worker:
                         max(0.0, (now - job.run_at).total_seconds())
                     )
                 self._start(job)
-            # The last claim filled every free slot: more jobs are likely waiting.
-            self._backlog = free > 0 and len(claimed) == free
-            if self._backlog:
-                continue  # more may be waiting
+            if free > 0:
+                # The claim filled every free slot: more jobs are likely waiting.
+                self._backlog = len(claimed) == free
+                if self._backlog:
+                    continue
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)

@@ -1,0 +1,163 @@
+"""The batched hot path on both dialects: claims per queue, completions written many at a time
+(each still fenced), heartbeats for many leases in one statement, and a shutdown that writes
+what finished before it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select, update
+
+from keel.core.database import Database
+from keel.jobs import JobContext, Worker, job
+from keel.jobs.models import Job, JobAttempt, JobState
+from keel.jobs.service import Claimed, Done, Lease, claim, complete_many, heartbeat_many
+from keel.jobs.worker import _Dedicated
+from tests.jobs.test_queue import _enqueue, _job, _until, running
+
+LEASE = timedelta(seconds=30)
+SEEN: list[str] = []
+
+
+@job("test.batch.noop", queue="alpha")
+async def noop_alpha(ctx: JobContext) -> None:
+    SEEN.append("alpha")
+
+
+@job("test.batch.noop_beta", queue="beta")
+async def noop_beta(ctx: JobContext) -> None:
+    SEEN.append("beta")
+
+
+@job("test.batch.result")
+async def with_result(ctx: JobContext, n: int) -> dict[str, int]:
+    await asyncio.sleep(0.2)
+    return {"n": n}
+
+
+async def _steal(db: Database, held: Claimed) -> None:
+    """Another attempt takes the job over (what a rescue and a new claim amount to)."""
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id == held.id)
+            .values(attempt=Job.attempt + 1, lease_token="someone-else")
+        )
+
+
+async def test_a_batch_of_completions_fences_each_job(migrated_db: Database) -> None:
+    """Five completions in one batch: the one whose lease was taken over is refused and
+    reported, the other four are stored with their results and attempts closed, on the
+    transactional path and (PostgreSQL) the one-statement path on a kept connection."""
+    db = migrated_db
+    keeper = _Dedicated(db)
+    try:
+        for connection in {None, await keeper.get()}:
+            ids = [await _enqueue(db, "test.add", {"a": n}) for n in range(5)]
+            held = await claim(db, queues=["default"], limit=5, worker_id="w", lease=LEASE)
+            assert sorted(h.id for h in held) == sorted(ids)
+            await _steal(db, held[2])
+            fenced = await complete_many(
+                db,
+                [Done(h.id, h.attempt, h.lease_token, {"n": i}) for i, h in enumerate(held)],
+                connection=connection,
+            )
+            await keeper.done()
+            assert fenced == {held[2].id}
+            for i, h in enumerate(held):
+                stored = await _job(db, h.id)
+                if i == 2:
+                    assert stored.state == JobState.RUNNING
+                    assert stored.lease_token == "someone-else"
+                else:
+                    assert stored.state == JobState.COMPLETED
+                    assert stored.result == {"n": i}
+                    assert stored.lease_token is None
+            async with db.session() as session:
+                closed = await session.scalar(
+                    select(func.count()).where(
+                        JobAttempt.job_id.in_(ids), JobAttempt.outcome == "completed"
+                    )
+                )
+            assert closed == 4
+    finally:
+        await keeper.close()
+
+
+async def test_bad_batches_change_nothing(migrated_db: Database) -> None:
+    """An empty batch writes nothing; a batch whose every fence is wrong stores nothing."""
+    db = migrated_db
+    assert await complete_many(db, []) == set()
+    job_id = await _enqueue(db, "test.add", {"a": 1})
+    (held,) = await claim(db, queues=["default"], limit=1, worker_id="w", lease=LEASE)
+    forged = [
+        Done(job_id, held.attempt, "not-the-token"),
+        Done(job_id, held.attempt + 1, held.lease_token),
+        Done("no-such-job", 1, held.lease_token),
+    ]
+    assert await complete_many(db, forged) == {job_id, "no-such-job"}
+    assert (await _job(db, job_id)).state == JobState.RUNNING
+
+
+async def test_one_heartbeat_statement_serves_many_leases(migrated_db: Database) -> None:
+    """Held leases are extended and their progress written; a lost lease is reported as not
+    owned and left alone; a job being cancelled is reported as such."""
+    db = migrated_db
+    for n in range(3):
+        await _enqueue(db, "test.add", {"a": n})
+    held = await claim(db, queues=["default"], limit=3, worker_id="w", lease=LEASE)
+    await _steal(db, held[0])
+    async with db.transaction() as session:
+        await session.execute(
+            update(Job).where(Job.id == held[1].id).values(state=JobState.CANCELLING)
+        )
+    before = datetime.now(UTC)
+    beats = await heartbeat_many(
+        db,
+        [Lease(h.id, h.attempt, h.lease_token, (5, 10, "half")) for h in held],
+        lease=timedelta(minutes=10),
+    )
+    assert not beats[held[0].id].owned
+    assert beats[held[1].id].owned and beats[held[1].id].cancel_requested
+    assert beats[held[2].id].owned and not beats[held[2].id].cancel_requested
+    lost, cancelling, running_ = [await _job(db, h.id) for h in held]
+    assert lost.progress_done is None
+    assert cancelling.progress_message == "half"
+    assert running_.progress_done == 5 and running_.progress_total == 10
+    assert running_.lease_expires_at is not None
+    assert running_.lease_expires_at > before + timedelta(minutes=9)
+
+
+async def test_backlogged_queues_take_turns(migrated_db: Database) -> None:
+    """A worker serving two backlogged queues with one slot alternates between them rather
+    than draining the first before touching the second."""
+    db = migrated_db
+    SEEN.clear()
+    for _ in range(6):
+        await _enqueue(db, "test.batch.noop")
+        await _enqueue(db, "test.batch.noop_beta")
+    async with running(db, queues=["alpha", "beta"], concurrency=1):
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(SEEN) < 12:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    assert "beta" in SEEN[:4] and "alpha" in SEEN[:4]
+
+
+async def test_shutdown_writes_the_completions_of_finished_jobs(migrated_db: Database) -> None:
+    """Jobs that finish during the shutdown's grace period are recorded completed (with their
+    results) before the worker exits, not left to a lease expiry and a second run."""
+    db = migrated_db
+    ids = [await _enqueue(db, "test.batch.result", {"n": n}) for n in range(4)]
+    worker = Worker(db, concurrency=4, poll_interval=0.05, lease=30.0, grace=5.0)
+    task = asyncio.create_task(worker.run())
+    for job_id in ids:
+        await _until(db, job_id, JobState.RUNNING, JobState.COMPLETED)
+    worker.stop()
+    await asyncio.wait_for(task, timeout=20)
+    for n, job_id in enumerate(ids):
+        stored = await _job(db, job_id)
+        assert stored.state == JobState.COMPLETED
+        assert stored.result == {"n": n}
+        assert stored.attempt == 1

@@ -161,3 +161,33 @@ async def test_shutdown_writes_the_completions_of_finished_jobs(migrated_db: Dat
         assert stored.state == JobState.COMPLETED
         assert stored.result == {"n": n}
         assert stored.attempt == 1
+
+
+@job("test.batch.odd")
+async def odd_result(ctx: JobContext, kind: str) -> object:
+    if kind == "nan":
+        return float("nan")
+    if kind == "nested":
+        return {"when": datetime(2026, 1, 2, tzinfo=UTC), "ok": [1, 2]}
+    return {"n": 1}
+
+
+async def test_an_odd_result_does_not_fail_its_batch(migrated_db: Database) -> None:
+    """Results that are not JSON (NaN, a datetime inside a dict) are stored as text in their
+    place; the jobs completed in the same batch are unaffected."""
+    db = migrated_db
+    ids = {
+        kind: await _enqueue(db, "test.batch.odd", {"kind": kind})
+        for kind in ("nan", "nested", "plain")
+    }
+    async with running(db, concurrency=3):
+        for job_id in ids.values():
+            await _until(db, job_id, JobState.COMPLETED)
+    assert (await _job(db, ids["nan"])).result == "nan"
+    assert (await _job(db, ids["nested"])).result == {
+        "when": "2026-01-02 00:00:00+00:00",
+        "ok": [1, 2],
+    }
+    assert (await _job(db, ids["plain"])).result == {"n": 1}
+    for job_id in ids.values():
+        assert (await _job(db, job_id)).attempt == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import traceback
@@ -642,6 +643,11 @@ def _classify(exc: BaseException) -> Failure:
 
 
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool | list | dict):
+    """The result as JSON data (what does not serialise becomes its text), so one job's odd
+    result can never fail the batch its completion is written with."""
+    if value is None or isinstance(value, str | int | bool):
         return value
-    return str(value)
+    try:
+        return json.loads(json.dumps(value, default=str, allow_nan=False))
+    except (TypeError, ValueError):
+        return str(value)

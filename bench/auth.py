@@ -14,7 +14,8 @@ Three measurements in one run, each against a baseline measured in the same run:
     uvicorn (1 worker, uvloop, httptools, log level info) with `Authorization: Bearer <token>`
     and rate limits on, versus no credential and rate limits off (the baseline), and bearer with
     limits off (identity's share of the cost). Two servers on one data directory, loaded
-    alternately with `wrk --latency` (else an asyncio keep-alive client); medians and ratios.
+    alternately with `wrk --latency` (else an asyncio keep-alive client; both, and the server
+    wrapper, in `_http_load.py`, shared with `http_overhead.py`); medians and ratios.
 (c) Logins: `POST /api/v1/auth/token` with real users' passwords (argon2id as Keel hashes them)
     at concurrency 10, a bounded number of requests: logins/s and latency. Each connection signs
     in its own account (see `--login-accounts`).
@@ -33,36 +34,38 @@ import base64
 import contextlib
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _auth_apps import PING_PATH, bench_config, bench_module  # noqa: E402
+from _http_load import (  # noqa: E402
+    Server,
+    exchange,
+    get,
+    loadgen_label,
+    pick,
+    resolve_loadgen,
+    run_python,
+    run_wrk,
+)
 
 TARGET_FIRST_SIGHT_RATIO = 1.3
 TARGET_SEEN_US = 10.0
 TARGET_THROUGHPUT_RATIO = 0.7
 LOGIN_PATH = "/api/v1/auth/token"
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 QUICK = {
     "rounds": 2,
     "duration": 2.0,
@@ -267,158 +270,27 @@ async def _setup(data_dir: Path, args: argparse.Namespace) -> Setup:
 
 
 # --- servers -------------------------------------------------------------------------------
-class Server:
-    """One uvicorn subprocess serving `_auth_apps:keel_auth` on a free loopback port."""
+class AuthServer(Server):
+    """One uvicorn subprocess serving `_auth_apps:keel_auth` on the set-up's data directory."""
 
-    def __init__(self, name: str, *, rate_limits: bool, access_log: bool, workdir: Path) -> None:
-        self.name, self.rate_limits, self.access_log = name, rate_limits, access_log
-        self.workdir = workdir
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def url(self, path: str = PING_PATH) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self, data_dir: Path, timeout: float = 60.0) -> None:
-        """Start uvicorn and wait until the ping route answers 200."""
-        cmd = [sys.executable, "-m", "uvicorn", "_auth_apps:keel_auth", "--factory"]
-        cmd += ["--app-dir", str(BENCH_DIR), "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--workers", "1", "--loop", "uvloop", "--http", "httptools"]
-        cmd += ["--no-server-header", "--log-level", "info"]
-        if not self.access_log:
-            cmd.append("--no-access-log")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        env["KEEL_CONFIG_FILE"] = str(self.workdir / "no-keel.toml")  # ignore any keel.toml
-        env["BENCH_KEEL_DATA_DIR"] = str(data_dir)
-        env["BENCH_RATE_LIMITS"] = "1" if self.rate_limits else "0"
-        env["BENCH_ACCESS_LOG"] = "1" if self.access_log else "0"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+    def __init__(
+        self, name: str, *, rate_limits: bool, access_log: bool, workdir: Path, data_dir: Path
+    ) -> None:
+        env = {
+            "KEEL_CONFIG_FILE": str(workdir / "no-keel.toml"),  # ignore any keel.toml
+            "BENCH_RATE_LIMITS": "1" if rate_limits else "0",
+        }
+        super().__init__(
+            name,
+            "_auth_apps:keel_auth",
+            path=PING_PATH,
+            access_log=access_log,
+            workdir=workdir,
+            data_dir=data_dir,
+            env=env,
+            cwd=workdir,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(OSError):
-                if _get(self.url())[0] == 200:
-                    return
-            time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{self.name} server did not become ready:\n{tail}")
-
-    def stop(self) -> None:
-        """Terminate, then kill after a timeout."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-
-
-def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}
-
-
-# --- load generators -----------------------------------------------------------------------
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if match is None:
-        raise ValueError(f"unparseable wrk time {text!r}")
-    return float(match[1]) * _UNITS[match[2]]
-
-
-def run_wrk(
-    url: str, headers: dict[str, str], threads: int, conns: int, seconds: float
-) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from one `wrk --latency` run."""
-    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "--latency"]
-    for name, value in headers.items():
-        cmd += ["-H", f"{name}: {value}"]
-    out = subprocess.run(
-        [*cmd, url], capture_output=True, text=True, check=True, timeout=seconds + 30
-    )
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", text, re.M)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", text, re.M)[1])  # type: ignore[index]
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|timeout):? (\d+)", text))
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write) (\d+)", text))
-    return rps, p50, p99, errors
-
-
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[bytes, bytes]:
-    """Send one request on a keep-alive connection: the response's status code and body."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-    body = await reader.readexactly(int(length[1]) if length else 0)
-    return head[9:12], body
-
-
-async def _client(port: int, request: bytes, deadline: float, latencies: list[float]) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    errors = 0
-    try:
-        while (started := time.perf_counter()) < deadline:
-            status, _ = await _exchange(reader, writer, request)
-            latencies.append(time.perf_counter() - started)
-            errors += status != b"200"
-    finally:
-        writer.close()
-    return errors
-
-
-async def _load(port: int, request: bytes, conns: int, seconds: float) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    clients = (_client(port, request, deadline, latencies) for _ in range(conns))
-    return latencies, sum(await asyncio.gather(*clients))
-
-
-def _load_process(port: int, request: bytes, conns: int, seconds: float) -> tuple[list[float], int]:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()  # type: ignore[attr-defined, unused-ignore]
-    return asyncio.run(_load(port, request, conns, seconds))
-
-
-def run_python(
-    url: str, headers: dict[str, str], procs: int, conns: int, seconds: float
-) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from the pure-Python fallback load generator."""
-    parts_of_url = urlsplit(url)
-    port = parts_of_url.port or 80
-    lines = [f"GET {parts_of_url.path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    shares = [conns // procs + (i < conns % procs) for i in range(procs)]
-    with ProcessPoolExecutor(procs) as pool:
-        futures = [pool.submit(_load_process, port, request, n, seconds) for n in shares if n]
-        parts = [f.result(timeout=seconds + 30) for f in futures]
-    lat = sorted(x for part, _ in parts for x in part)
-    errors = sum(err for _, err in parts)
-    return len(lat) / seconds, _pick(lat, 0.50) * 1000, _pick(lat, 0.99) * 1000, errors
-
-
-def _pick(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+        self.rate_limits = rate_limits
 
 
 # --- (b) authenticated + rate-limited requests ---------------------------------------------
@@ -442,27 +314,29 @@ CASE_TITLES = {
 }
 
 
-def measure_http(args: argparse.Namespace, servers: dict[str, Server], token: str) -> list[Sample]:
+def measure_http(
+    args: argparse.Namespace, servers: dict[str, AuthServer], token: str
+) -> list[Sample]:
     """Check each case answers as expected, warm each server, then load the cases alternately."""
     load = run_wrk if args.loadgen == "wrk" else run_python
     bearer = {"Authorization": f"Bearer {token}"}
-    cases: dict[str, tuple[Server, dict[str, str]]] = {
+    cases: dict[str, tuple[AuthServer, dict[str, str]]] = {
         "anon_off": (servers["off"], {}),
         "bearer_off": (servers["off"], bearer),
         "bearer_on": (servers["on"], bearer),
     }
     for case, (server, headers) in cases.items():
-        status, got = _get(server.url(), headers)
+        status, got = get(server.url(), headers)
         limited = "ratelimit-limit" in got
         if status != 200 or limited != server.rate_limits:
             raise RuntimeError(f"{case}: status {status}, RateLimit headers {limited}: unexpected")
     for server in servers.values():
-        load(server.url(), bearer, args.threads, args.connections, args.warmup)
+        load(server.url(), args.threads, args.connections, args.warmup, headers=bearer)
     samples: list[Sample] = []
     for rnd in range(1, args.rounds + 1):
         for case, (server, headers) in cases.items():
             rps, p50, p99, errors = load(
-                server.url(), headers, args.threads, args.connections, args.duration
+                server.url(), args.threads, args.connections, args.duration, headers=headers
             )
             samples.append(Sample(case, rnd, rps, p50, p99, errors))
             print(f"  {case:10} round {rnd}: {rps:9.1f} req/s", file=sys.stderr)
@@ -501,7 +375,7 @@ async def _login_client(
     try:
         while time.perf_counter() < deadline and take():
             started = time.perf_counter()
-            status, body = await _exchange(reader, writer, request)
+            status, body = await exchange(reader, writer, request)
             results.append((time.perf_counter() - started, status))
             if status != b"200":
                 refusals.append(body)
@@ -567,9 +441,9 @@ def measure_logins(args: argparse.Namespace, server: Server, setup: Setup) -> di
         "problems": problems,
         "seconds": elapsed,
         "logins_per_s": len(ok) / elapsed if elapsed else 0.0,
-        "p50_ms": _pick(ok, 0.50) * 1000,
-        "p90_ms": _pick(ok, 0.90) * 1000,
-        "p99_ms": _pick(ok, 0.99) * 1000,
+        "p50_ms": pick(ok, 0.50) * 1000,
+        "p90_ms": pick(ok, 0.90) * 1000,
+        "p99_ms": pick(ok, 0.99) * 1000,
         "concurrency": conc,
         "accounts": len(setup.emails),
         "argon2": setup.argon2_params,
@@ -685,13 +559,8 @@ def main() -> int:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.login_accounts = args.login_accounts or args.login_concurrency
-    if args.loadgen == "auto":
-        args.loadgen = "wrk" if shutil.which("wrk") else "python"
-    if args.loadgen == "wrk":
-        probe = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
-        loadgen = (probe.stdout + probe.stderr).splitlines()[0].split(" Copyright")[0]
-    else:
-        loadgen = f"python asyncio client ({args.threads} process(es))"
+    args.loadgen = resolve_loadgen(args.loadgen)
+    loadgen = loadgen_label(args.loadgen, args.threads)
     # Run the `finally` clean-ups on SIGTERM, and on Ctrl-C even if started with SIGINT ignored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -703,8 +572,14 @@ def main() -> int:
     os.environ["KEEL_CONFIG_FILE"] = str(workdir / "no-keel.toml")  # ignore any keel.toml
     access_log = not args.no_access_log
     servers = {
-        "off": Server("limits-off", rate_limits=False, access_log=access_log, workdir=workdir),
-        "on": Server("limits-on", rate_limits=True, access_log=access_log, workdir=workdir),
+        name: AuthServer(
+            f"limits-{name}",
+            rate_limits=name == "on",
+            access_log=access_log,
+            workdir=workdir,
+            data_dir=data_dir,
+        )
+        for name in ("off", "on")
     }
     started = time.monotonic()
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure
@@ -714,7 +589,7 @@ def main() -> int:
         setup = _run(_setup(data_dir, args))
         phases["setup_and_a"] = time.monotonic() - started
         for server in servers.values():
-            server.start(data_dir)
+            server.start(timeout=60.0)
         print("(b) authenticated requests ...", file=sys.stderr)
         http = summarize_http(measure_http(args, servers, setup.token))
         servers["off"].stop()

@@ -4,7 +4,8 @@ Measures requests/s and p50/p99 latency of `GET /bench` (returning `{"ok": true}
 `_apps.keel` (create_app: trace, guard, errors and metrics middleware, JSON logs, SQLite) and by
 `_apps.bare` (plain FastAPI). Each app runs in its own uvicorn subprocess with identical settings
 (1 worker, uvloop, httptools, log level info) on 127.0.0.1; load comes from a separate process:
-`wrk --latency` when installed, else a multi-process asyncio HTTP/1.1 keep-alive client.
+`wrk --latency` when installed, else a multi-process asyncio HTTP/1.1 keep-alive client (the
+servers and both load generators are in `_http_load.py`, shared with `auth.py`).
 
 Two modes by default: access log ON (bare: uvicorn's access log; Keel: its own JSON line, with
 uvicorn's disabled by Keel) and OFF (both `--no-access-log`; Keel `access_log=False`). Per mode
@@ -19,31 +20,31 @@ removed from the servers' environment. Everything stops by itself (~2 minutes by
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _http_load import (  # noqa: E402
+    Server,
+    loadgen_label,
+    resolve_loadgen,
+    run_python,
+    run_wrk,
+)
+
 APPS = ("bare", "keel")
 TARGET_THROUGHPUT_RATIO = 0.75
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
 @dataclass
@@ -58,144 +59,34 @@ class Sample:
     errors: int
 
 
-class Server:
-    """One uvicorn subprocess serving `_apps.<app>` on a free loopback port."""
-
-    def __init__(self, app: str, access_log: bool, workdir: Path) -> None:
-        self.app, self.access_log = app, access_log
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.log_path = workdir / f"{app}-{'log' if access_log else 'nolog'}.log"
-        self.data_dir = workdir / f"keel-data-{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/bench"
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start uvicorn and wait until `/bench` answers 200."""
-        cmd = [sys.executable, "-m", "uvicorn", f"_apps:{self.app}", "--factory"]
-        cmd += ["--app-dir", str(BENCH_DIR), "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--workers", "1", "--loop", "uvloop", "--http", "httptools"]
-        cmd += ["--no-server-header", "--log-level", "info"]
-        if not self.access_log:
-            cmd.append("--no-access-log")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-        env["BENCH_KEEL_DATA_DIR"] = str(self.data_dir)
-        env["BENCH_ACCESS_LOG"] = "1" if self.access_log else "0"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(self.url, timeout=1) as resp,  # noqa: S310
-            ):
-                if resp.status == 200:
-                    return
-            time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{self.app} server did not become ready:\n{tail}")
-
-    def stop(self) -> None:
-        """Terminate, then kill after a timeout."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-
-
-# --- load generators ---------------------------------------------------------------------
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if match is None:
-        raise ValueError(f"unparseable wrk time {text!r}")
-    return float(match[1]) * _UNITS[match[2]]
-
-
-def run_wrk(url: str, threads: int, conns: int, seconds: float) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from one `wrk --latency` run."""
-    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "--latency", url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30)
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text)[1])  # type: ignore[index]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", text, re.M)[1])  # type: ignore[index]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", text, re.M)[1])  # type: ignore[index]
-    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|timeout):? (\d+)", text))
-    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write) (\d+)", text))
-    return rps, p50, p99, errors
-
-
-async def _client(port: int, deadline: float, latencies: list[float]) -> int:
-    request = f"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    errors = 0
-    try:
-        while (started := time.perf_counter()) < deadline:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-            await reader.readexactly(int(length[1]) if length else 0)
-            latencies.append(time.perf_counter() - started)
-            errors += head[9:12] != b"200"
-    finally:
-        writer.close()
-    return errors
-
-
-async def _load(port: int, conns: int, seconds: float) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    deadline = time.perf_counter() + seconds
-    results = await asyncio.gather(*(_client(port, deadline, latencies) for _ in range(conns)))
-    return latencies, sum(results)
-
-
-def _load_process(port: int, conns: int, seconds: float) -> tuple[list[float], int]:
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()  # type: ignore[attr-defined, unused-ignore]
-    return asyncio.run(_load(port, conns, seconds))
-
-
-def run_python(url: str, procs: int, conns: int, seconds: float) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, errors) from the pure-Python fallback load generator."""
-    port = urlsplit(url).port or 80
-    shares = [conns // procs + (i < conns % procs) for i in range(procs)]
-    with ProcessPoolExecutor(procs) as pool:
-        futures = [pool.submit(_load_process, port, n, seconds) for n in shares if n]
-        parts = [f.result(timeout=seconds + 30) for f in futures]
-    lat = sorted(x for part, _ in parts for x in part)
-    errors = sum(err for _, err in parts)
-    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000  # noqa: E731
-    return len(lat) / seconds, pick(0.50), pick(0.99), errors
-
-
 # --- driver ------------------------------------------------------------------------------
+def _server(app: str, access_log: bool, workdir: Path) -> Server:
+    """The server of `_apps.<app>` (`GET /bench`), with a Keel data dir of its own."""
+    log_name = f"{app}-{'log' if access_log else 'nolog'}"
+    return Server(
+        app,
+        f"_apps:{app}",
+        path="/bench",
+        access_log=access_log,
+        workdir=workdir,
+        log_name=log_name,
+    )
+
+
 def measure_mode(args: argparse.Namespace, access_log: bool, workdir: Path) -> list[Sample]:
     """Start both servers, warm them up, then load them alternately for `args.rounds`."""
     load = run_wrk if args.loadgen == "wrk" else run_python
-    servers = {app: Server(app, access_log, workdir) for app in APPS}
+    servers = {app: _server(app, access_log, workdir) for app in APPS}
     samples: list[Sample] = []
     try:
         for server in servers.values():
             server.start()
         for server in servers.values():
-            load(server.url, args.threads, args.connections, args.warmup)
+            load(server.url(), args.threads, args.connections, args.warmup)
         for rnd in range(1, args.rounds + 1):
             for app, server in servers.items():
                 rps, p50, p99, errors = load(
-                    server.url, args.threads, args.connections, args.duration
+                    server.url(), args.threads, args.connections, args.duration
                 )
                 samples.append(Sample(app, rnd, rps, p50, p99, errors))
                 print(f"  {app:4} round {rnd}: {rps:9.1f} req/s", file=sys.stderr)
@@ -244,13 +135,8 @@ def main() -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep the server log dir")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     args = parser.parse_args()
-    if args.loadgen == "auto":
-        args.loadgen = "wrk" if shutil.which("wrk") else "python"
-    if args.loadgen == "wrk":
-        probe = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
-        loadgen = (probe.stdout + probe.stderr).splitlines()[0].split(" Copyright")[0]
-    else:
-        loadgen = f"python asyncio client ({args.threads} process(es))"
+    args.loadgen = resolve_loadgen(args.loadgen)
+    loadgen = loadgen_label(args.loadgen, args.threads)
     # Run the `finally` clean-ups on SIGTERM, and on Ctrl-C even if started with SIGINT ignored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)

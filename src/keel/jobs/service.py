@@ -325,6 +325,7 @@ _ORDER = (Job.priority, Job.run_at, Job.id)  # the claim index's order
 def _claim_statement_postgres() -> Any:
     """Pick (skipping rows other workers hold), lease, and open the attempts: one statement,
     so one round trip, atomic by itself."""
+    # unscoped: workers serve every tenant's jobs.
     picked = (
         select(Job.id)
         .where(*_DUE)
@@ -698,6 +699,7 @@ async def complete_many(
 
 def _complete_statement_postgres() -> Any:
     """Fenced completion of many jobs and their attempts: one statement (built once)."""
+    # unscoped: a worker's fenced writes to the jobs it holds.
     now = bindparam("b_now", type_=Job.finished_at.type)
     rows = (
         select(

@@ -4,23 +4,26 @@ Three measurements in one run, on SQLite (a file in a temp dir) and on PostgreSQ
 schema, dropped afterwards), each a Keel database migrated to head (`_audit_setup.py`):
 
 (a) Appended events/s with 1 and 16 concurrent writers. Each writer loops over transactions of
-    one event: `async with db.transaction() as s: await record(s, ...)`, while a sealer task
-    does what the server's does (`seal()` until nothing is left, then `checkpoint()`, every
-    250 ms). The baseline, in the same run, inserts the same rows (same dict: new id, time,
-    diff, trace) with a Core INSERT into `bench_plain_events`, the same columns and read
-    indexes without the chain (no triggers, no unique `seq`, no sealing), in the same
-    transaction pattern. Rounds alternate plain, audit; medians and audit/plain ratios.
-    After each audit run the sealer finishes its passes: the drain time, and that nothing is
+    one event: `async with db.transaction() as s: await record(s, ...)`, while the server's
+    sealer runs beside them in the same event loop (`keel.audit.sealer.Sealer`: every 250 ms,
+    `seal()` until a batch comes back short, a checkpoint every 10,000 events or 60 s). The
+    baseline, in the same run, inserts the same rows (same dict: new id, time, diff, trace)
+    with a Core INSERT into `bench_plain_events`, the same columns and read indexes without
+    the chain (no triggers, no unique `seq`, no sealing), in the same transaction pattern.
+    Rounds alternate plain, audit; medians and audit/plain ratios. After each audit run the
+    sealer stops and drains as at a server's shutdown: the drain time, and that nothing is
     left unsealed, are reported, with the events sealed per `seal()` call, the share of the
     time the sealer was busy, and the bench process's CPU per event (all its threads: on
     SQLite that includes the database's own work). Target: audit >= 0.7x plain.
-(b) `verify(db, ring=ring)` over 1,000,000 sealed events (target < 10 s). The events are made
-    fast: drawn from a realistic spread (20 tenants, 30 actions, 1000 actors, Zipf-skewed),
-    chained in Python with `chain_hash` from the head (a)'s events left, inserted already
-    sealed with executemany in batches of 10,000, and a checkpoint signed after each batch
-    (`checkpoint(db, ring, force=True)`, as the server signs every 10,000 events). For scale
-    verify()'s query streamed without hashing (as verify() reads it, and as untyped text SQL,
-    without SQLAlchemy's JSON and timestamp decoding) and `chain_hash` alone are timed too.
+(b) `verify(db, ring=ring, workers=None)` over 1,000,000 sealed events, as `keel audit verify`
+    runs it (from 100,000 events on 2+ CPUs split over this process and one helper process;
+    target < 10 s). The events are made fast: drawn from a realistic spread (20 tenants, 30
+    actions, 1000 actors, Zipf-skewed), chained in Python with `chain_hash` from the head
+    (a)'s events left, inserted already sealed with executemany in batches of 10,000, and a
+    checkpoint signed after each batch (`checkpoint(db, ring, force=True)`, as the server
+    signs every 10,000 events). For scale verify() in one process (`workers=1`, as the HTTP
+    API runs it), its raw query streamed in one process without hashing, and the walk alone
+    (rows in memory) are timed too.
 (c) p50/p95 latency of `list_events` pages of 50, newest first, over the same events
     (target < 50 ms): a first page filtered by tenant and action prefix, a deep keyset page
     (`before=` the id of an event 90 % of the events back, i.e. ~900k back) without a filter,
@@ -68,8 +71,10 @@ from _audit_setup import (  # noqa: E402
     plain_events,
     postgres_problem,
 )
-from keel.audit.models import CONTENT_COLUMNS, AuditEvent  # noqa: E402
-from keel.audit.module import SEAL_INTERVAL  # noqa: E402
+from keel.audit.chain import head as chain_head  # noqa: E402
+from keel.audit.models import AuditEvent  # noqa: E402
+from keel.audit.sealer import SEAL_INTERVAL  # noqa: E402
+from keel.audit.sealer import Sealer as AuditSealer  # noqa: E402
 from keel.audit.service import (  # noqa: E402
     GENESIS,
     EventFilter,
@@ -77,9 +82,10 @@ from keel.audit.service import (  # noqa: E402
     checkpoint,
     list_events,
     record,
-    seal,
     verify,
 )
+from keel.audit.verification import raw_rows  # noqa: E402
+from keel.audit.walk import RangeWalk, time_reader  # noqa: E402
 from keel.core.context import reset_trace, set_trace  # noqa: E402
 from keel.core.principal import tenant_scope  # noqa: E402
 
@@ -110,40 +116,31 @@ def _pick(values: list[float], q: float) -> float:
 
 # --- (a) appending -------------------------------------------------------------------------
 class Sealer:
-    """The server's sealer loop (`keel.audit.module._sealer`: `seal()` until it seals nothing,
-    then `checkpoint()`, then sleep 250 ms), with counters and a clean stop: once `stopping`
-    is set, the next pass seals what is left and the loop ends."""
+    """The server's sealer (`keel.audit.sealer.Sealer`, the loop `keel serve` runs: seal until
+    a batch comes back short, sign a checkpoint every 10,000 events or 60 s, sleep 250 ms)
+    with a clean stop: once `stopping` is set the loop ends and, as at a server's shutdown,
+    `drain()` seals what is left."""
 
     def __init__(self, target: Target) -> None:
-        self.target = target
+        async def keyring() -> Any:
+            return target.ring
+
+        self.core = AuditSealer(target.db, keyring)
+        self.stop = asyncio.Event()
         self.stopping: float | None = None
         self.drained_at: float | None = None
-        self.sealed = self.calls = self.largest = 0
-        self.busy = 0.0
 
     async def run(self) -> None:
-        db, loop = self.target.db, asyncio.get_running_loop()
-        last_checkpoint = 0.0
-        while True:
-            final = self.stopping is not None
-            started = loop.time()
-            sealed = 0
-            while True:
-                batch = await seal(db)
-                self.calls += 1
-                self.largest = max(self.largest, batch)
-                sealed += batch
-                if not batch:
-                    break
-            if sealed or loop.time() - last_checkpoint > 60:
-                await checkpoint(db, self.target.ring)
-                last_checkpoint = loop.time()
-            self.busy += loop.time() - started
-            self.sealed += sealed
-            if final:
-                self.drained_at = loop.time()
-                return
-            await asyncio.sleep(SEAL_INTERVAL)
+        loop = asyncio.get_running_loop()
+        await self.core.run(self.stop)
+        started = loop.time()
+        await self.core.drain()
+        self.core.busy += loop.time() - started
+        self.drained_at = loop.time()
+
+    def finish(self) -> None:
+        self.stopping = asyncio.get_running_loop().time()
+        self.stop.set()
 
 
 async def _unsealed(target: Target) -> int:
@@ -204,20 +201,20 @@ async def append_run(
         "cpu_us_per_event": (time.process_time() - cpu) / count * 1e6,
     }
     if sealer is not None and sealing is not None:
-        sealer.stopping = loop.time()
+        sealer.finish()
         await asyncio.wait_for(sealing, timeout=120)
         assert sealer.drained_at is not None
         unsealed = await _unsealed(target)
         result |= {
             "cpu_us_per_event": (time.process_time() - cpu) / count * 1e6,  # with the drain
             "drain_s": sealer.drained_at - sealer.stopping,
-            "seal_calls": sealer.calls,
-            "events_per_seal_call": sealer.sealed / max(1, sealer.calls),
-            "largest_seal_batch": sealer.largest,
-            "sealer_busy_share": sealer.busy / (sealer.drained_at - started),
-            "sealed": sealer.sealed,
+            "seal_calls": sealer.core.calls,
+            "events_per_seal_call": sealer.core.sealed / max(1, sealer.core.calls),
+            "largest_seal_batch": sealer.core.largest,
+            "sealer_busy_share": sealer.core.busy / (sealer.drained_at - started),
+            "sealed": sealer.core.sealed,
             "unsealed_after": unsealed,
-            "all_sealed": unsealed == 0 and sealer.sealed == count,
+            "all_sealed": unsealed == 0 and sealer.core.sealed == count,
         }
     return result
 
@@ -276,18 +273,9 @@ async def measure_append(target: Target, workload: Workload, args: argparse.Name
 async def _head(target: Target) -> tuple[int, str, int]:
     """(seq, hash) of the chain's head and the number of events."""
     async with target.db.session() as session:
-        row = (
-            await session.execute(
-                select(AuditEvent.seq, AuditEvent.hash)
-                .where(AuditEvent.seq.is_not(None))
-                .order_by(AuditEvent.seq.desc())
-                .limit(1)
-            )
-        ).first()
+        seq, digest = await chain_head(session)
         count = int(await session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
-    if row is None:
-        return 0, GENESIS, count
-    return int(row[0]), str(row[1]), count
+    return seq, digest, count
 
 
 async def generate(target: Target, workload: Workload, events: int) -> dict[str, Any]:
@@ -351,66 +339,55 @@ async def generate(target: Target, workload: Workload, events: int) -> dict[str,
     }
 
 
-_VERIFY_COLUMNS = [
-    *(getattr(AuditEvent, name) for name in CONTENT_COLUMNS),
-    AuditEvent.seq,
-    AuditEvent.prev_hash,
-    AuditEvent.hash,
-]
-
-
-async def stream_only(target: Target, *, typed: bool) -> tuple[float, int]:
-    """verify()'s query streamed the same way with no hashing: (seconds, rows). Untyped: the
-    same SQL as text, so the driver's values come back as they are (no JSON or timestamp
-    decoding by SQLAlchemy)."""
-    query: Any = select(*_VERIFY_COLUMNS).where(AuditEvent.seq >= 1).order_by(AuditEvent.seq)
-    if not typed:
-        columns = ", ".join((*CONTENT_COLUMNS, "seq", "prev_hash", "hash"))
-        query = text(f"SELECT {columns} FROM keel_audit_events WHERE seq >= 1 ORDER BY seq")  # noqa: S608
+async def stream_only(target: Target) -> tuple[float, int]:
+    """verify()'s raw query over the whole chain read in one process as verify() reads it
+    (driver cursor, batches of 5,000, read ahead on PostgreSQL), without hashing."""
     rows = 0
     started = time.perf_counter()
-    async with target.db.engine.connect() as connection:
-        stream = await connection.stream(query.execution_options(yield_per=5000))
-        try:
-            async for partition in stream.partitions(5000):
-                for row in partition:
-                    rows += row._mapping["seq"] is not None
-        finally:
-            await stream.close()
+    async with raw_rows(target.db, 1, 2**62, 5000) as batches:
+        async for batch in batches:
+            rows += len(batch)
     return time.perf_counter() - started, rows
 
 
 async def hash_only(target: Target, count: int) -> float:
-    """µs per event of `chain_hash` alone, over the first `count` events held in memory."""
-    async with target.db.session() as session:
-        result = await session.execute(
-            select(*_VERIFY_COLUMNS).order_by(AuditEvent.seq).limit(count)
-        )
-        rows = [row._mapping for row in result.all()]
+    """µs per event of the walk alone (`RangeWalk.check`: links, `digest`, bookkeeping), over
+    the first `count` events' raw rows held in memory."""
+    held: list[Any] = []
+    async with raw_rows(target.db, 1, count, 5000) as batches:
+        async for batch in batches:
+            held.extend(batch)
+    walk = RangeWalk(1, GENESIS, (), time_reader(target.dialect))
     started = time.perf_counter()
-    for row in rows:
-        chain_hash(row["prev_hash"], row["seq"], row)
-    return (time.perf_counter() - started) / max(1, len(rows)) * 1e6
+    assert walk.check(held), walk.broken
+    return (time.perf_counter() - started) / max(1, len(held)) * 1e6
 
 
 async def measure_verify(target: Target, events: int, rounds: int) -> dict[str, Any]:
-    """verify() `rounds` times; the same query streamed, and untyped, after the first; then
-    chain_hash alone."""
-    runs: dict[str, list[float]] = {"verify": [], "stream": [], "untyped": []}
+    """verify() `rounds` times as `keel audit verify` runs it (`workers=None`: split over a
+    helper process from 200,000 events on 2+ CPUs); once in this process only (`workers=1`),
+    the raw query streamed without hashing, and the walk alone, for scale."""
+    runs: dict[str, list[float]] = {"verify": [], "one_process": [], "stream": []}
     outcome: dict[str, Any] = {}
     for rnd in range(1, rounds + 1):
         started = time.perf_counter()
-        result = await verify(target.db, ring=target.ring)
+        result = await verify(target.db, ring=target.ring, workers=None)
         runs["verify"].append(time.perf_counter() - started)
         outcome = result.as_dict()
         _log(
             f"  (b) {target.dialect} verify round {rnd}: {runs['verify'][-1]:.2f} s "
             f"(ok={result.ok}, checked {result.checked:,}, checkpoints {result.checkpoints})"
         )
-        for kind, typed in (("stream", True), ("untyped", False)) if rnd == 1 else ():
-            seconds, rows = await stream_only(target, typed=typed)
-            runs[kind].append(seconds)
-            _log(f"  (b) {target.dialect} {kind} only round {rnd}: {seconds:.2f} s ({rows:,} rows)")
+    started = time.perf_counter()
+    single = await verify(target.db, ring=target.ring, workers=1)
+    runs["one_process"].append(time.perf_counter() - started)
+    assert single.as_dict() == outcome, (single, outcome)
+    seconds, rows = await stream_only(target)
+    runs["stream"].append(seconds)
+    _log(
+        f"  (b) {target.dialect} one process {runs['one_process'][0]:.2f} s, "
+        f"stream only {seconds:.2f} s ({rows:,} rows)"
+    )
     per_event_us = await hash_only(target, min(events, 100_000))
     median = {kind: statistics.median(values) for kind, values in runs.items()}
     return {
@@ -420,8 +397,8 @@ async def measure_verify(target: Target, events: int, rounds: int) -> dict[str, 
         "verify_events_per_s": events / median["verify"],
         "verify_at_1m_s": median["verify"] * REFERENCE_EVENTS / events,
         "extrapolated": events != REFERENCE_EVENTS,
-        "chain_hash_us_per_event": per_event_us,
-        "chain_hash_s_for_all": per_event_us * events / 1e6,
+        "walk_us_per_event": per_event_us,
+        "walk_s_for_all": per_event_us * events / 1e6,
         "result": outcome,
     }
 
@@ -589,7 +566,7 @@ def print_dialect(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{_verdict(summary['ratio'] >= TARGET_APPEND_RATIO)} target >= "
             f"{TARGET_APPEND_RATIO} (per-round ratios' median {summary['paired_ratio_median']:.3f})"
             f"; all sealed after every run: {'yes' if summary['all_sealed'] else 'NO'} (drain "
-            f"max {summary['drain_s_max']:.2f} s incl. up to {SEAL_INTERVAL:g} s sleep); sealer "
+            f"max {summary['drain_s_max']:.2f} s; passes every {SEAL_INTERVAL:g} s); sealer "
             f"busy {summary['sealer_busy_share']:.0%} of the time, largest seal() batch "
             f"{summary['largest_seal_batch']}"
         )
@@ -608,13 +585,13 @@ def print_dialect(result: dict[str, Any], args: argparse.Namespace) -> None:
     )
     at_1m = checked["verify_at_1m_s"]
     print(f"  {label}1,000,000 events: {at_1m:.2f} s  {_verdict(at_1m < TARGET_VERIFY_S)} < 10 s")
-    hashing = checked["chain_hash_s_for_all"]
+    hashing = checked["walk_s_for_all"]
     print(
-        f"  for scale: verify's query streamed without hashing {median['stream']:.2f} s "
-        f"({median['stream'] / median['verify']:.2f} of verify), the same SQL untyped "
-        f"{median['untyped']:.2f} s ({median['untyped'] / median['verify']:.2f}); chain_hash "
-        f"alone {checked['chain_hash_us_per_event']:.2f} µs/event = "
-        f"{hashing:.2f} s ({hashing / median['verify']:.2f})"
+        f"  for scale: in one process (workers=1) {median['one_process']:.2f} s "
+        f"({median['one_process'] / median['verify']:.2f} of verify); its raw query streamed "
+        f"without hashing {median['stream']:.2f} s ({median['stream'] / median['verify']:.2f});"
+        f" the walk alone {checked['walk_us_per_event']:.2f} µs/event = {hashing:.2f} s "
+        f"({hashing / median['verify']:.2f})"
     )
     print(
         f"  generation: {made['generated']:,} events in {made['seconds']:.1f} s (draw and "

@@ -4,6 +4,8 @@ kind of tampering detected and pinpointed."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -123,6 +125,67 @@ async def test_concurrent_writers_make_a_gap_free_chain(db: Database, ring: Keyr
     assert result.checked == 320 and result.checkpoints == 1
 
 
+async def test_the_sealer_hashes_what_the_typed_reference_hashes(db: Database) -> None:
+    """The sealer hashes raw rows (JSON as text, times as stored); every hash equals
+    `chain_hash` over the typed row, as chains sealed before were hashed, whatever the
+    content: no diff, nested and unsorted keys, unicode, floats, and numbers JSON cannot
+    carry (kept as text)."""
+    from keel.audit.models import CONTENT_COLUMNS
+    from keel.audit.service import chain_hash
+
+    odd = {
+        "zeta": {"b": [1.5, -0.0, 1e-7], "a": None},
+        "name": 'Zoë \u2603 "quoted" \\ \n tab\t 😀',
+        "big": 2**70,
+        "nan": float("nan"),
+        "when": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    }
+    async with db.transaction() as session:
+        await record(session, "thing.touch", actor=ACTOR)
+        await record(session, "thing.update", before={}, after=odd, reason="ünï", actor=ACTOR)
+        await record(session, "thing.update", before=odd, after={"name": None}, actor=ACTOR)
+    assert await seal_all(db) == 3
+    async with db.session() as session:
+        rows = (
+            await session.execute(
+                select(
+                    *[getattr(AuditEvent, c) for c in CONTENT_COLUMNS],
+                    AuditEvent.seq,
+                    AuditEvent.prev_hash,
+                    AuditEvent.hash,
+                ).order_by(AuditEvent.seq)
+            )
+        ).all()
+    assert [row.seq for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert chain_hash(row.prev_hash, row.seq, row._mapping) == row.hash
+    changes = rows[1].changes
+    assert changes["big"] == [None, str(2**70)] and changes["nan"] == [None, "nan"]
+    assert (await verify(db, ring=None)).ok
+
+
+async def test_the_sealer_loop_seals_and_signs_on_its_cadence(db: Database, ring: Keyring) -> None:
+    """A pass seals everything pending and signs the head once; the next pass with new
+    events seals them without signing (a minute has not passed, nor 10,000 events)."""
+    from keel.audit.sealer import Sealer
+
+    async def keyring() -> Keyring:
+        return ring
+
+    sealer = Sealer(db, keyring, batch=7)
+    await _events(db, 20)
+    assert await sealer.step() == 20
+    assert sealer.calls == 3 and sealer.largest == 7
+    await _events(db, 5)
+    assert await sealer.step() == 5
+    async with db.session() as session:
+        signed = list(await session.scalars(select(AuditCheckpoint.seq)))
+    assert signed == [20]
+    assert await sealer.drain() == 0
+    result = await verify(db, ring=ring)
+    assert result.ok and result.checked == 25 and result.checkpoints == 1
+
+
 @pytest.mark.parametrize("statement", ["UPDATE", "DELETE"])
 async def test_update_and_delete_are_rejected(db: Database, statement: str) -> None:
     """The table is append-only: a sealed event can be neither changed nor deleted, on
@@ -187,8 +250,12 @@ async def chain(db: Database, ring: Keyring) -> Database:
 
 
 async def _broken(db: Database, ring: Keyring) -> tuple[int | None, str | None]:
+    """Where and why verify says the chain breaks; the same whether it walks the chain in
+    one process or split in two at seq 26 (the second half in a helper process)."""
     result = await verify(db, ring=ring)
+    split = await verify(db, ring=ring, workers=2)
     assert not result.ok
+    assert split.as_dict() == result.as_dict()
     return result.broken_seq, result.problem
 
 
@@ -198,6 +265,18 @@ async def test_one_changed_byte_is_pinpointed(chain: Database, ring: Keyring) ->
         chain, "UPDATE keel_audit_events SET actor_label = 'bda@example.com' WHERE seq = 17"
     )
     assert await _broken(chain, ring) == (17, "its content does not match its hash")
+
+
+async def test_a_value_of_a_foreign_type_is_pinpointed(chain: Database, ring: Keyring) -> None:
+    """Stored values no event could hold (bytes in a text column on SQLite, a number beyond
+    any float in the JSON on PostgreSQL) are reported as a mismatch, not a crash."""
+    statement = (
+        "UPDATE keel_audit_events SET actor_label = X'00ff' WHERE seq = 12"
+        if chain.dialect == "sqlite"
+        else """UPDATE keel_audit_events SET changes = '{"n": [1e999, 2]}' WHERE seq = 12"""
+    )
+    await _tamper(chain, statement)
+    assert await _broken(chain, ring) == (12, "its content does not match its hash")
 
 
 async def test_a_deleted_event_is_pinpointed(chain: Database, ring: Keyring) -> None:
@@ -265,6 +344,67 @@ async def test_a_forged_checkpoint_signature_is_refused(chain: Database, ring: K
             text("UPDATE keel_audit_checkpoints SET signature = :sig"), {"sig": "00" * 64}
         )
     assert await _broken(chain, ring) == (50, "the checkpoint's signature is not valid")
+
+
+async def test_a_broken_link_where_split_ranges_meet_is_pinpointed(
+    chain: Database, ring: Keyring
+) -> None:
+    """The first event of the helper's range, re-hashed over a forged prev_hash (so it is
+    self-consistent), breaks the link exactly there, and so does the last event of the first
+    range going missing."""
+    from keel.audit.models import CONTENT_COLUMNS
+    from keel.audit.service import chain_hash
+
+    async with chain.engine.connect() as connection:
+        row = (
+            await connection.execute(
+                select(*[getattr(AuditEvent, c) for c in CONTENT_COLUMNS]).where(
+                    AuditEvent.seq == 26
+                )
+            )
+        ).one()
+    forged = "f" * 64
+    digest = chain_hash(forged, 26, row._mapping)
+    await _tamper(
+        chain,
+        f"UPDATE keel_audit_events SET prev_hash = '{forged}', hash = '{digest}' WHERE seq = 26",
+    )
+    assert await _broken(chain, ring) == (26, "its prev_hash does not link to the event before")
+    await _tamper(chain, "DELETE FROM keel_audit_events WHERE seq = 25")
+    assert await _broken(chain, ring) == (25, "event 25 is missing")
+
+
+async def test_a_split_verification_runs_its_helper(chain: Database, ring: Keyring) -> None:
+    """The helper process checks its range on its own and reports what the join needs."""
+    from keel.audit.verification import _dsn, _Helper
+
+    helper = _Helper(26, 50)
+    orders = {"dialect": chain.dialect, "dsn": _dsn(chain), "batch": 7, "checkpoints": [50]}
+    outcome = await helper.run(orders)
+    assert outcome is not None
+    assert outcome["checked"] == 25 and outcome["broken"] is None and helper.checked == 25
+    async with chain.session() as session:
+        hashes = dict((await session.execute(select(AuditEvent.seq, AuditEvent.hash))).all())
+    assert outcome["first_read"] and outcome["first_prev"] == hashes[25]
+    assert outcome["last"] == hashes[50] and outcome["hashes"] == {"50": hashes[50]}
+    seen: list[tuple[int, int]] = []
+    result = await verify(
+        chain, ring=ring, workers=3, batch=4, progress=lambda *done: seen.append(done)
+    )
+    assert result.ok and result.checked == 50 and result.checkpoints == 1, result
+    assert seen[-1] == (50, 50)
+
+
+async def test_a_split_verification_without_its_helper_checks_everything_here(
+    chain: Database, ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the helper process cannot start, its range is checked in this process: the
+    outcome is the same, tampering included."""
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    result = await verify(chain, ring=ring, workers=2)
+    assert result.ok and result.checked == 50 and result.checkpoints == 1, result
+    await _tamper(chain, "UPDATE keel_audit_events SET reason = 'edited' WHERE seq = 40")
+    assert await _broken(chain, ring) == (40, "its content does not match its hash")
 
 
 async def test_verify_from_a_seq(chain: Database, ring: Keyring) -> None:

@@ -76,6 +76,7 @@ def verify_(
                 ring=ring,
                 from_seq=from_seq,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                workers=None,  # a long chain is split over a helper process
             )
         return result, ring is not None
 

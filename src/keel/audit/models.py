@@ -79,7 +79,13 @@ Index(
 )
 Index("ix_keel_audit_events_tenant", AuditEvent.tenant_id, AuditEvent.id)
 Index("ix_keel_audit_events_actor", AuditEvent.actor_id, AuditEvent.id)
-Index("ix_keel_audit_events_action", AuditEvent.action, AuditEvent.id)
+# Prefix filters (`action LIKE 'user.%'`) use it on PostgreSQL whatever the collation.
+Index(
+    "ix_keel_audit_events_action",
+    AuditEvent.action,
+    AuditEvent.id,
+    postgresql_ops={"action": "text_pattern_ops"},
+)
 Index(
     "ix_keel_audit_events_resource",
     AuditEvent.resource_type,

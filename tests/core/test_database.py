@@ -82,8 +82,17 @@ async def test_nested_transaction_is_refused_not_deadlocked(config: Config) -> N
             async with db.transaction(), db.transaction():
                 pass
 
-        with pytest.raises(RuntimeError, match="pass the session down"):
-            await asyncio.wait_for(nested(), 5)
+        async def connection_in_session() -> None:
+            async with db.transaction(), db.write_connection():
+                pass
+
+        async def session_in_connection() -> None:
+            async with db.write_connection(), db.transaction():
+                pass
+
+        for attempt in (nested, connection_in_session, session_in_connection):
+            with pytest.raises(RuntimeError, match="pass the session down"):
+                await asyncio.wait_for(attempt(), 5)
     finally:
         await db.dispose()
 

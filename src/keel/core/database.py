@@ -143,12 +143,7 @@ class Database:
         inside another in the same task is refused on both dialects: on SQLite it would wait
         for itself forever; pass the outer session down instead.
         """
-        if _open_transaction.get() is self:
-            raise RuntimeError(
-                "db.transaction() inside another db.transaction(): pass the session down"
-            )
-        token = _open_transaction.set(self)
-        try:
+        async with self._outermost("db.transaction()"):
             if self.dialect == "sqlite":
                 async with (
                     self._sqlite_writer(),
@@ -159,19 +154,12 @@ class Database:
             else:
                 async with self._write_sessions() as session, session.begin():
                     yield session
-        finally:
-            _open_transaction.reset(token)
 
     @asynccontextmanager
     async def write_connection(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a write transaction, for hot paths that need no ORM session
         (the job queue's claims and completions). Same rules as `transaction()`."""
-        if _open_transaction.get() is self:
-            raise RuntimeError(
-                "db.write_connection() inside another transaction: pass the connection down"
-            )
-        token = _open_transaction.set(self)
-        try:
+        async with self._outermost("db.write_connection()"):
             if self.dialect == "sqlite":
                 async with (
                     self._sqlite_writer(),
@@ -182,6 +170,19 @@ class Database:
             else:
                 async with self.engine.connect() as connection, connection.begin():
                     yield connection
+
+    @asynccontextmanager
+    async def _outermost(self, what: str) -> AsyncIterator[None]:
+        """Refuse a write transaction opened inside another of the same task (on SQLite it
+        would wait for itself forever)."""
+        if _open_transaction.get() is self:
+            raise RuntimeError(
+                f"{what} inside another transaction of this database: pass the session down "
+                "(or the connection) instead of opening another"
+            )
+        token = _open_transaction.set(self)
+        try:
+            yield
         finally:
             _open_transaction.reset(token)
 

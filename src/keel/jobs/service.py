@@ -440,16 +440,19 @@ async def _claim_sqlite(
     return _claimed(rows)
 
 
+_LEASED_STATES = (JobState.RUNNING, JobState.CANCELLING)
+
+
 def _fence(job_id: str, attempt: int, token: str) -> Any:
     return (
         (Job.id == job_id)
         & (Job.attempt == attempt)
         & (Job.lease_token == token)
-        & (Job.state.in_((JobState.RUNNING, JobState.CANCELLING)))
+        & _state_in(_LEASED_STATES)
     )
 
 
-_LEASED_STATES = (JobState.RUNNING, JobState.CANCELLING)
+# The fence with bound parameters, for statements built once and run for many jobs.
 _FENCED = (
     (Job.id == bindparam("b_id"))
     & (Job.attempt == bindparam("b_attempt"))
@@ -457,15 +460,12 @@ _FENCED = (
     # Not `in_()`: an expanding IN cannot be used with executemany.
     & or_(*(Job.state == state for state in _LEASED_STATES))
 )
-_PROGRESS = (
-    update(Job)
-    .where(_FENCED)
-    .values(
-        progress_done=bindparam("b_done", type_=Job.progress_done.type),
-        progress_total=bindparam("b_total", type_=Job.progress_total.type),
-        progress_message=bindparam("b_message", type_=Job.progress_message.type),
-    )
-)
+_PROGRESS_VALUES = {
+    "progress_done": bindparam("b_done", type_=Job.progress_done.type),
+    "progress_total": bindparam("b_total", type_=Job.progress_total.type),
+    "progress_message": bindparam("b_message", type_=Job.progress_message.type),
+}
+_PROGRESS = update(Job).where(_FENCED).values(**_PROGRESS_VALUES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,22 +486,9 @@ async def heartbeat(
     progress: tuple[float | None, float | None, str | None] | None = None,
     logs: Sequence[tuple[datetime, str, str]] = (),
 ) -> Beat:
-    """Extend the lease and flush buffered progress and log lines (fenced)."""
-    # unscoped: a worker's fenced write to the job it holds.
-    now = datetime.now(UTC)
-    async with db.transaction() as session:
-        values: dict[str, Any] = {"lease_expires_at": now + lease}
-        if progress is not None:
-            values["progress_done"], values["progress_total"], values["progress_message"] = progress
-        result = await session.execute(
-            update(Job).where(_fence(job_id, attempt, token)).values(**values).returning(Job.state)
-        )
-        state = result.scalar_one_or_none()
-        if state is None:
-            return Beat(owned=False, cancel_requested=False)
-        if logs:
-            await _write_logs(await session.connection(), job_id, attempt, logs)
-    return Beat(owned=True, cancel_requested=state == JobState.CANCELLING)
+    """Extend one lease and flush its buffered progress and log lines (fenced)."""
+    beats = await heartbeat_many(db, [Lease(job_id, attempt, token, progress, logs)], lease=lease)
+    return beats[job_id]
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,11 +611,7 @@ _COMPLETE = (
         last_error=None,
     )
 )
-_COMPLETE_WITH_PROGRESS = _COMPLETE.values(
-    progress_done=bindparam("b_done", type_=Job.progress_done.type),
-    progress_total=bindparam("b_total", type_=Job.progress_total.type),
-    progress_message=bindparam("b_message", type_=Job.progress_message.type),
-)
+_COMPLETE_WITH_PROGRESS = _COMPLETE.values(**_PROGRESS_VALUES)
 _ATTEMPT_COMPLETED = (
     update(JobAttempt)
     .where(

@@ -11,13 +11,12 @@ import re
 import time
 from random import getrandbits
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keel.core.context import (
-    RESPONSE_KEY,
-    ResponseRecord,
     TraceContext,
     reset_trace,
+    response_record,
     set_trace,
 )
 from keel.observability.logging import get_logger
@@ -89,15 +88,11 @@ class TraceMiddleware:
             elif name == b"x-request-id":
                 request_id = value.decode("latin-1")
         trace = new_trace(traceparent, request_id)
-        record = scope[RESPONSE_KEY] = ResponseRecord()
+        # The outermost middleware: the record (and the `send` that applies it) starts here.
+        record, send_wrapper = response_record(scope, send)
         record.headers.append((b"traceparent", trace.traceparent.encode()))
         record.headers.append((b"x-request-id", trace.request_id.encode()))
         started = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                record.finish(message)
-            await send(message)
 
         token = set_trace(trace)
         try:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from keel.core.database import Database
 from keel.jobs import JobContext, job
 from keel.jobs.cron import _SCHEDULES, enqueue_due, schedule
-from keel.jobs.models import Job, JobState
+from keel.jobs.models import Job, JobAttempt, JobState
 from keel.jobs.service import prune_finished
 
 
@@ -104,10 +104,34 @@ async def test_finished_jobs_are_pruned_after_their_retention(migrated_db: Datab
             .where(Job.id == ids[2])
             .values(state=JobState.COMPLETED, finished_at=datetime.now(UTC))
         )
+        session.add_all(JobAttempt(job_id=job_id, attempt=1, started_at=old) for job_id in ids[:3])
     removed = await prune_finished(
         migrated_db, completed_after=timedelta(hours=24), failed_after=timedelta(days=7)
     )
     assert removed == 1
     async with migrated_db.session() as session:
         left = set(await session.scalars(select(Job.id)))
+        attempts = set(await session.scalars(select(JobAttempt.job_id)))
     assert left == set(ids[1:])
+    assert attempts == set(ids[1:3]), "a pruned job's attempts go with it, no others"
+
+
+async def test_pruning_works_through_batches_and_leaves_live_jobs(
+    migrated_db: Database,
+) -> None:
+    """More expired jobs than one batch all go; a live job stays."""
+    from keel.jobs import enqueue
+
+    async with migrated_db.transaction() as session:
+        ids = [(await enqueue(session, "test.cron.tick")).id for _ in range(5)]
+    old = datetime.now(UTC) - timedelta(days=2)
+    async with migrated_db.transaction() as session:
+        await session.execute(
+            update(Job).where(Job.id.in_(ids[:4])).values(state=JobState.COMPLETED, finished_at=old)
+        )
+    removed = await prune_finished(
+        migrated_db, completed_after=timedelta(hours=1), failed_after=timedelta(days=7), batch=3
+    )
+    assert removed == 4
+    async with migrated_db.session() as session:
+        assert set(await session.scalars(select(Job.id))) == {ids[4]}

@@ -950,13 +950,20 @@ async def prune_finished(
         while True:
             async with db.transaction() as session:
                 # unscoped: retention applies to every tenant's jobs.
-                ids = (
-                    select(Job.id)
-                    .where(Job.state.in_(states), Job.finished_at < now - age)
-                    .limit(batch)
+                expired = (Job.state.in_(states), Job.finished_at < now - age)
+                picked = select(Job.id).where(*expired).limit(batch).scalar_subquery()
+                # The conditions are repeated so a job retried meanwhile is not deleted.
+                gone = list(
+                    (
+                        await session.scalars(
+                            delete(Job).where(Job.id.in_(picked), *expired).returning(Job.id)
+                        )
+                    ).all()
                 )
-                result = await session.execute(delete(Job).where(Job.id.in_(ids.scalar_subquery())))
-            removed = int(getattr(result, "rowcount", 0) or 0)
+                if gone:
+                    # Attempts have no foreign key (see models): they go with their job.
+                    await session.execute(delete(JobAttempt).where(JobAttempt.job_id.in_(gone)))
+            removed = len(gone)
             total += removed
             if removed < batch:
                 break

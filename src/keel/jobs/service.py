@@ -520,7 +520,7 @@ async def heartbeat_many(
                 tuple_(Job.id, Job.attempt, Job.lease_token).in_(
                     [(item.job_id, item.attempt, item.token) for item in held]
                 ),
-                Job.state.in_(_LEASED_STATES),
+                _state_in(_LEASED_STATES),
             )
             .values(lease_expires_at=now + lease)
             .returning(Job.id, Job.state)
@@ -698,7 +698,7 @@ def _complete_statement_postgres() -> Any:
             Job.id == rows.c.id,
             Job.attempt == rows.c.attempt,
             Job.lease_token == rows.c.token,
-            Job.state.in_(_LEASED_STATES),
+            _state_in(_LEASED_STATES),
         )
         .values(
             state=JobState.COMPLETED,

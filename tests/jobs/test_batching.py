@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select, update
 
 from keel.core.database import Database
@@ -191,3 +193,40 @@ async def test_an_odd_result_does_not_fail_its_batch(migrated_db: Database) -> N
     assert (await _job(db, ids["plain"])).result == {"n": 1}
     for job_id in ids.values():
         assert (await _job(db, job_id)).attempt == 1
+
+
+async def test_a_claim_batch_caps_each_claim_but_not_the_concurrency(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `claim_batch=3` and 8 slots, no claim asks for more than 3 jobs, yet the worker
+    keeps claiming while jobs run until more than 3 run at once."""
+    import keel.jobs.worker as worker_module
+
+    db = migrated_db
+    asked: list[int] = []
+    real_claim = worker_module.claim
+
+    async def spy(*args: Any, **kwargs: Any) -> list[Claimed]:
+        asked.append(kwargs["limit"])
+        return await real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "claim", spy)
+    ids = [await _enqueue(db, "test.batch.result", {"n": n}) for n in range(9)]
+    async with running(db, concurrency=8, claim_batch=3):
+        most = 0
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            async with db.session() as session:
+                states = list(await session.scalars(select(Job.state).where(Job.id.in_(ids))))
+            most = max(most, states.count(JobState.RUNNING))
+            if all(state == JobState.COMPLETED for state in states):
+                break
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+    assert asked and max(asked) <= 3
+    assert most > 3
+
+
+def test_a_claim_batch_must_be_positive(migrated_db: Database) -> None:
+    with pytest.raises(ValueError, match="claim_batch"):
+        Worker(migrated_db, concurrency=4, claim_batch=0)

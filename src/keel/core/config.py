@@ -308,6 +308,16 @@ class Config(BaseSettings):
     worker_concurrency: int = Field(
         default=10, ge=1, le=1000, description="Jobs one worker runs at once."
     )
+    worker_claim_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "Most jobs one claim takes (default: the concurrency). Smaller batches with a"
+            " larger concurrency keep claiming while jobs run and spread a backlog across"
+            " workers."
+        ),
+    )
     job_lease_seconds: float = Field(
         default=30.0,
         ge=1.0,

@@ -141,6 +141,10 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=1000, help="Jobs run at once.")
     ] = None,
+    claim_batch: Annotated[
+        int | None,
+        typer.Option(min=1, max=1000, help="Most jobs one claim takes (default: the concurrency)."),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run jobs until SIGTERM/SIGINT; then finish running ones within the grace period and
@@ -157,6 +161,7 @@ def worker(
                 db,
                 queues=[q.strip() for q in queues.split(",")] if queues else config.worker_queues,
                 concurrency=concurrency or config.worker_concurrency,
+                claim_batch=claim_batch or config.worker_claim_batch,
                 lease=config.job_lease_seconds,
                 grace=float(config.shutdown_grace),
                 completed_retention=timedelta(hours=config.job_retention_completed_hours),

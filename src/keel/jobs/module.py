@@ -34,6 +34,7 @@ async def _start(keel: Keel) -> None:
         keel.db,
         queues=config.worker_queues,
         concurrency=config.worker_concurrency,
+        claim_batch=config.worker_claim_batch,
         lease=config.job_lease_seconds,
         grace=float(config.shutdown_grace),
         completed_retention=timedelta(hours=config.job_retention_completed_hours),

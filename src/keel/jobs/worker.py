@@ -209,6 +209,7 @@ class Worker:
         *,
         queues: Sequence[str] = ("default",),
         concurrency: int = 10,
+        claim_batch: int | None = None,
         lease: float = 30.0,
         poll_interval: float = 1.0,
         grace: float = 10.0,
@@ -231,6 +232,9 @@ class Worker:
                 self.queue_limits[name.strip()] = int(limit)
         self._queue_of: dict[str, str] = {}
         self.concurrency = concurrency
+        if claim_batch is not None and claim_batch < 1:
+            raise ValueError("claim_batch must be a positive integer")
+        self.claim_batch = min(concurrency, claim_batch or concurrency)
         self.lease = timedelta(seconds=lease)
         self.poll_interval = poll_interval
         self.grace = grace
@@ -246,7 +250,7 @@ class Worker:
         self._completions_waiting = asyncio.Event()
         self._completions_full = asyncio.Event()
         self._flush_at = max(1, concurrency)
-        self._refill_at = max(1, concurrency // 2)
+        self._refill_at = max(1, self.claim_batch // 2)
         self._next_queue = 0
         self._backlog = False
         self._claimer = _Dedicated(db)
@@ -289,7 +293,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         gathering_since: float | None = None
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
+            free = min(self.concurrency - len(self._running), self.claim_batch)
             if len(self._completions) >= self.concurrency:
                 free = 0  # completions are not being stored as fast as jobs finish: wait
             if 0 < free < self._refill_at and self._backlog:

@@ -78,11 +78,12 @@ def _core_module() -> KeelModule:
 def builtin_modules() -> list[KeelModule]:
     """Keel's own modules after the core, in dependency order (DESIGN.md)."""
     from keel.audit.module import audit_module
+    from keel.deps.module import deps_module
     from keel.identity.module import identity_module
     from keel.jobs.module import jobs_module
     from keel.protection.module import protection_module
 
-    return [audit_module(), identity_module(), protection_module(), jobs_module()]
+    return [audit_module(), identity_module(), protection_module(), jobs_module(), deps_module()]
 
 
 class Keel:

@@ -119,7 +119,16 @@ async def _acme_resources(org: Org) -> dict[str, str]:
             )
     finally:
         reset_actor(token)
+    from keel.deps import service as deps_service
+
+    async with org.keel.db.transaction() as session:
+        incident = await deps_service.open_incident(session, title="deployment-wide")
+        window = await deps_service.add_maintenance(
+            session, title="deployment-wide", cron="0 3 * * *", minutes=30
+        )
     return {
+        "incident_id": incident.id,
+        "window_id": window.id,
         "job_id": acme_job.id,
         "user_id": org.users["viewer-a@example.com"],
         "tenant_id": org.tenants["acme"],

@@ -1,0 +1,60 @@
+"""The deps module's registration: operators' API, the public status page, permissions and
+the monitor that enqueues probes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from keel.core.modules import KeelModule, PermissionSpec
+
+if TYPE_CHECKING:
+    from keel.app import Keel
+
+__all__ = ["DEPS_PERMISSIONS", "deps_module"]
+
+DEPS_PERMISSIONS = (
+    PermissionSpec(
+        "dependencies:read", "See dependencies, incidents and maintenance", ("admin", "operator")
+    ),
+    PermissionSpec("incidents:write", "Open and update incidents, plan maintenance", ("admin",)),
+)
+
+
+async def _start(keel: Keel) -> None:
+    from keel.deps.client import configure
+    from keel.deps.monitor import Monitor
+
+    await configure(redis=keel.redis, registry=keel.metrics_registry)
+    stop = asyncio.Event()
+    keel.state["deps.stop"] = stop
+    keel.state["deps.monitor"] = asyncio.create_task(
+        Monitor(keel.db).run(stop), name="keel-deps-monitor"
+    )
+
+
+async def _stop(keel: Keel) -> None:
+    from keel.deps.client import runtime
+
+    task = keel.state.pop("deps.monitor", None)
+    stop = keel.state.pop("deps.stop", None)
+    if task is not None and stop is not None:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=5)
+    await runtime().close()
+
+
+def deps_module() -> KeelModule:
+    """Deps' contributions: `/api/v1/dependencies`, incidents, maintenance and `/status`."""
+    from keel.deps.api import dependencies_router
+    from keel.deps.status import status_router
+
+    return KeelModule(
+        name="deps",
+        routers=(dependencies_router, lambda keel: status_router(lambda: keel.db)),
+        on_startup=(_start,),
+        on_shutdown=(_stop,),
+        permissions=DEPS_PERMISSIONS,
+    )

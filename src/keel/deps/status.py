@@ -1,0 +1,219 @@
+"""The public status page: `/status` (HTML) and `/status.json`. Only display names, states,
+uptime, incidents and maintenance appear — never URLs, hosts, errors or latencies."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse, JSONResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import select
+
+from keel.core.database import Database
+from keel.core.guards import public
+from keel.deps.models import ComponentState, Incident, Maintenance
+from keel.deps.monitor import OWN_COMPONENTS, OWN_EVERY
+from keel.deps.service import (
+    as_dict,
+    budget_left,
+    open_incidents,
+    timelines,
+    uptime,
+    window_active,
+)
+from keel.deps.spec import declared
+
+__all__ = ["CACHE_SECONDS", "status_data", "status_router"]
+
+CACHE_SECONDS = 10.0
+"""The page is computed at most this often per process, whatever the traffic."""
+WINDOWS = {
+    "24h": (timedelta(hours=24), "hour"),
+    "7d": (timedelta(days=7), "day"),
+    "30d": (timedelta(days=30), "day"),
+    "90d": (timedelta(days=90), "day"),
+}
+HISTORY = timedelta(days=14)
+
+_templates = Environment(
+    loader=FileSystemLoader(
+        [Path(__file__).with_name("templates"), Path(__file__).parent.parent / "core" / "templates"]
+    ),
+    autoescape=select_autoescape(default=True),
+)
+
+
+def _components() -> list[dict[str, Any]]:
+    """(component key, display name, SLA target, SLA window days, probe interval)."""
+    shown = [
+        {"key": key, "name": name, "target": 99.9, "window_days": 30, "every": OWN_EVERY}
+        for key, name in OWN_COMPONENTS.items()
+    ]
+    for name, dep in sorted(declared().items()):
+        if dep.public is not None and dep.probe is not None:
+            shown.append(
+                {
+                    "key": name,
+                    "name": dep.public.name,
+                    "target": dep.public.target,
+                    "window_days": dep.public.window_days,
+                    "every": dep.probe_every,
+                }
+            )
+    return shown
+
+
+async def status_data(db: Database, *, now: datetime | None = None) -> dict[str, Any]:
+    """Everything the page shows, as JSON data."""
+    now = now or datetime.now(UTC)
+    components = _components()
+    async with db.session() as session:
+        # unscoped: the status page is deployment-wide.
+        states = {
+            s.component: s
+            for s in await session.scalars(
+                select(ComponentState).where(
+                    ComponentState.component.in_([c["key"] for c in components])
+                )
+            )
+        }
+        windows = list(await session.scalars(select(Maintenance)))
+        live = list(await open_incidents(session))
+        recent = list(
+            await session.scalars(
+                select(Incident)
+                .where(Incident.state == "resolved", Incident.resolved_at >= now - HISTORY)
+                .order_by(Incident.opened_at.desc())
+                .limit(20)
+            )
+        )
+        entries = await timelines(session, [i.id for i in live + recent])
+        shown = []
+        for component in components:
+            key = component["key"]
+            state = states.get(key)
+            maintenance = next(
+                (w for w in windows if w.component in (None, key) and window_active(w, now)),
+                None,
+            )
+            stale = (
+                state is None
+                or state.last_at is None
+                or (now - state.last_at > timedelta(seconds=3 * component["every"]))
+            )
+            if maintenance is not None:
+                current = "maintenance"
+            elif state is None or state.last_ok is None:
+                current = "no_data"
+            elif key == "keel.workers" and stale:
+                current = "outage"  # no worker ran its probe lately
+            elif stale:
+                current = "no_data"
+            elif any(i.component == key for i in live):
+                current = "outage"
+            else:
+                current = "operational" if state.last_ok else "degraded"
+            uptimes: dict[str, Any] = {}
+            for label, (span, period) in WINDOWS.items():
+                total, bars = await uptime(session, key, since=now - span, period=period)
+                uptimes[label] = total.percent
+                if label == "90d":
+                    days = {start.date(): bar for start, bar in bars}
+                    day_bars = []
+                    for back in range(89, -1, -1):
+                        day = (now - timedelta(days=back)).date()
+                        bar = days.get(day)
+                        day_bars.append(
+                            {"day": day.isoformat(), "percent": bar.percent if bar else None}
+                        )
+            sla_total, _ = await uptime(
+                session, key, since=now - timedelta(days=component["window_days"])
+            )
+            shown.append(
+                {
+                    "name": component["name"],
+                    "state": current,
+                    "uptime": uptimes,
+                    "bars": day_bars,
+                    "sla": {
+                        "target": component["target"],
+                        "window_days": component["window_days"],
+                        "uptime": sla_total.percent,
+                        "budget_left": budget_left(sla_total, component["target"]),
+                    },
+                }
+            )
+    names = {c["key"]: c["name"] for c in components}
+
+    def public_incident(incident: Incident) -> dict[str, Any]:
+        data = as_dict(incident, entries.get(incident.id, []))
+        data["component"] = names.get(incident.component or "")
+        return data
+
+    states_seen = {c["state"] for c in shown}
+    overall = (
+        "outage"
+        if "outage" in states_seen or any(i.impact in ("major", "critical") for i in live)
+        else "degraded"
+        if states_seen & {"degraded"} or live
+        else "operational"
+    )
+    return {
+        "status": overall,
+        "updated_at": now.isoformat(),
+        "components": shown,
+        "incidents": [public_incident(i) for i in live],
+        "history": [public_incident(i) for i in recent],
+        "maintenance": [
+            {
+                "title": w.title,
+                "component": names.get(w.component or ""),
+                "active": window_active(w, now),
+                "starts_at": w.starts_at.isoformat() if w.starts_at else None,
+                "ends_at": w.ends_at.isoformat() if w.ends_at else None,
+                "recurring": w.cron,
+                "tz": w.tz if w.cron else None,
+                "minutes": w.minutes,
+            }
+            for w in windows
+            if w.cron or (w.ends_at is not None and w.ends_at > now)
+        ],
+    }
+
+
+_LABELS = {
+    "operational": "Operational",
+    "degraded": "Degraded",
+    "outage": "Outage",
+    "maintenance": "Under maintenance",
+    "no_data": "No data yet",
+}
+
+
+def status_router(db_of: Any) -> APIRouter:
+    """`/status` and `/status.json` (public, computed at most every CACHE_SECONDS)."""
+    router = APIRouter(include_in_schema=False)
+    cache: dict[str, Any] = {"at": 0.0, "data": None}
+    page = _templates.get_template("status.html")
+
+    async def current() -> dict[str, Any]:
+        if cache["data"] is None or time.monotonic() - cache["at"] > CACHE_SECONDS:
+            cache["data"] = await status_data(db_of())
+            cache["at"] = time.monotonic()
+        return cache["data"]  # type: ignore[no-any-return]
+
+    headers = {"Cache-Control": f"public, max-age={int(CACHE_SECONDS)}"}
+
+    @router.get("/status.json", dependencies=[Depends(public)])
+    async def status_json() -> JSONResponse:
+        return JSONResponse(await current(), headers=headers)
+
+    @router.get("/status", response_class=HTMLResponse, dependencies=[Depends(public)])
+    async def status_page() -> HTMLResponse:
+        return HTMLResponse(page.render(data=await current(), labels=_LABELS), headers=headers)
+
+    return router

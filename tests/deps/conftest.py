@@ -1,0 +1,32 @@
+"""Fixtures: the flaky upstream, and a clean deps runtime and declarations per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from keel.deps import client as deps_client
+from keel.deps import spec
+from tests.deps.upstream import Upstream
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    server = Upstream()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await deps_client.runtime().close()  # the clients' connections first
+        await server.stop()
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_deps() -> AsyncIterator[None]:
+    before = spec.declared()
+    await deps_client.configure()
+    yield
+    await deps_client.runtime().close()
+    for name in set(spec.declared()) - set(before):
+        spec.forget(name)

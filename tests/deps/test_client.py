@@ -213,3 +213,56 @@ async def test_a_base_url_comes_from_the_environment(
     monkeypatch.setenv("KEEL_DEPS__ELSEWHERE__BASE_URL", upstream.url)
     deps.declare("elsewhere", base_url="http://127.0.0.1:9")
     assert (await deps.http("elsewhere").get("/x")).status_code == 200
+
+
+async def test_a_breaker_opened_in_one_process_opens_in_another_through_redis(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two breakers on one Redis stand for two processes: failures add up across them, and
+    once one opens, the other fails fast too; a success closes both."""
+    import uuid
+
+    import redis.asyncio as redis_asyncio
+
+    from keel.deps import breaker as breaker_module
+    from keel.deps.breaker import CircuitBreaker
+
+    monkeypatch.setattr(breaker_module, "SYNC_INTERVAL", 0.0)
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    policy = deps.Breaker(failures=3, window=10, open_for=0.3)
+    first_redis = redis_asyncio.from_url(redis_url)
+    second_redis = redis_asyncio.from_url(redis_url)
+    try:
+        one = CircuitBreaker(name, policy, redis=first_redis)
+        two = CircuitBreaker(name, policy, redis=second_redis)
+        await one.failed(await one.before_call())
+        await two.failed(await two.before_call())
+        await one.failed(await one.before_call())  # the third failure, counted across both
+        assert one.state == "open"
+        with pytest.raises(deps.DependencyUnavailable):
+            await two.before_call()
+        await asyncio.sleep(0.35)
+        trial = await two.before_call()
+        await two.succeeded(trial)
+        assert two.state == "closed"
+        assert await one.before_call() is False and one.state == "closed"
+    finally:
+        await first_redis.aclose()
+        await second_redis.aclose()
+
+
+async def test_a_redis_outage_leaves_the_breaker_working_in_memory() -> None:
+    import redis.asyncio as redis_asyncio
+
+    from keel.deps.breaker import CircuitBreaker
+
+    down = redis_asyncio.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
+    try:
+        breaker = CircuitBreaker("lonely", deps.Breaker(failures=2), redis=down)
+        for _ in range(2):
+            await breaker.failed(await breaker.before_call())
+        with pytest.raises(deps.DependencyUnavailable):
+            await breaker.before_call()
+        assert breaker.snapshot()["shared"] is False
+    finally:
+        await down.aclose()

@@ -89,8 +89,9 @@ class Upstream:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
+        # No log_config or log_level: uvicorn would reconfigure the process-wide loggers.
         config = uvicorn.Config(
-            self, log_level="critical", lifespan="on", timeout_graceful_shutdown=1
+            self, log_config=None, log_level=None, lifespan="on", timeout_graceful_shutdown=1
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -130,5 +131,7 @@ async def test_job_metrics_are_exported(org: Org) -> None:
     async with org.client() as http:
         text = (await http.get("/metrics")).text
     assert 'keel_job_run_seconds_count{kind="test.api.chatty",outcome="completed"} 1.0' in text
-    assert 'keel_job_wait_seconds_count{queue="default"} 1.0' in text
+    # At least this job's wait (the dependency monitor's probe jobs may share the queue).
+    waits = re.search(r'keel_job_wait_seconds_count\{queue="default"\} ([0-9.]+)', text)
+    assert waits is not None and float(waits.group(1)) >= 1.0
     assert "# TYPE keel_jobs gauge" in text

@@ -25,7 +25,8 @@ from keel.identity.throttle import (
 from tests.conftest import hashed
 
 PASSWORD = "correct horse battery staple"
-T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+# The attempts' clock starts now: `unlock` compares a lock with the real time.
+T0 = datetime.now(UTC).replace(microsecond=0)
 POLICY = LoginPolicy(account_failures=3, base_lock=timedelta(minutes=1), address_failures=8)
 
 

@@ -5,6 +5,7 @@ what finished before it."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -230,3 +231,91 @@ async def test_a_claim_batch_caps_each_claim_but_not_the_concurrency(
 def test_a_claim_batch_must_be_positive(migrated_db: Database) -> None:
     with pytest.raises(ValueError, match="claim_batch"):
         Worker(migrated_db, concurrency=4, claim_batch=0)
+
+
+RUNS: list[str] = []
+
+
+@job("test.batch.once", max_attempts=1)
+async def run_once(ctx: JobContext) -> str:
+    RUNS.append(ctx.job_id)
+    return "done"
+
+
+async def test_a_failed_completion_write_is_retried_not_lost(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first write of a batch fails (a dropped connection, say): the batch is kept and
+    written again, so a job that succeeded on its only attempt ends completed, not rescued
+    as `worker_lost` and discarded."""
+    import keel.jobs.worker as worker_module
+
+    db = migrated_db
+    real = worker_module.complete_many
+    failures = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> set[str]:
+        if not failures:
+            failures.append(1)
+            raise ConnectionError("server closed the connection unexpectedly")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "complete_many", flaky)
+    RUNS.clear()
+    job_id = await _enqueue(db, "test.batch.once")
+    async with running(db, concurrency=2, lease=1.0):
+        done = await _until(db, job_id, JobState.COMPLETED, JobState.DISCARDED, timeout=10)
+        await asyncio.sleep(1.5)  # past a lease: the pending completion was heartbeated
+    assert failures and done.state == JobState.COMPLETED and done.result == "done"
+    assert [job_id] == RUNS
+    assert (await _job(db, job_id)).state == JobState.COMPLETED
+
+
+async def test_jobs_claimed_before_a_failing_queue_claim_still_run(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each queue's claim commits by itself: when the second queue's claim fails, the jobs
+    the first one leased are run, not orphaned until their lease expires."""
+    import keel.jobs.worker as worker_module
+
+    db = migrated_db
+    real = worker_module.claim
+
+    async def beta_fails(*args: Any, **kwargs: Any) -> list[Claimed]:
+        if kwargs["queues"] == ["beta"]:
+            raise ConnectionError("lost the connection")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "claim", beta_fails)
+    job_id = await _enqueue(db, "test.batch.noop")  # queue alpha
+    async with running(db, queues=["alpha", "beta"], concurrency=2, lease=30.0):
+        done = await _until(db, job_id, JobState.COMPLETED, timeout=3)
+    assert done.attempt == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_cancel_waits_for_a_completion_in_flight(migrated_db: Database) -> None:
+    """An operator's cancel locks the job first: a completion committing meanwhile is seen
+    (the cancel is refused) instead of being overwritten with `cancelling`."""
+    from keel.core.errors import Conflict
+    from keel.jobs.service import cancel
+
+    db = migrated_db
+    job_id = await _enqueue(db, "test.add", {"a": 1})
+    (held,) = await claim(db, queues=["default"], limit=1, worker_id="w", lease=LEASE)
+    async with db.transaction() as completing:
+        await completing.execute(
+            update(Job).where(Job.id == held.id).values(state=JobState.COMPLETED)
+        )
+
+        async def operator() -> None:
+            async with db.transaction() as session:
+                await cancel(session, job_id)
+
+        # Another request's transaction: a task with its own context.
+        attempt = asyncio.create_task(operator(), context=contextvars.Context())
+        await asyncio.sleep(0.3)
+        assert not attempt.done(), "the cancel waits for the row"
+    with pytest.raises(Conflict):
+        await attempt
+    assert (await _job(db, job_id)).state == JobState.COMPLETED

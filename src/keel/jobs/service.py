@@ -900,9 +900,10 @@ async def rescue(db: Database, *, limit: int = 100) -> int:
 # --- operators ---------------------------------------------------------------------------------
 
 
-async def get_job(session: AsyncSession, job_id: str) -> Job:
-    """The job, or `NotFound`."""
-    job = await session.get(Job, job_id)
+async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
+    """The job, or `NotFound`. `lock`: read it fresh with FOR UPDATE (PostgreSQL), so an
+    operator's change cannot overwrite a completion or claim committed meanwhile."""
+    job = await session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
     if job is None:
         raise NotFound("no such job")
     return job
@@ -910,7 +911,7 @@ async def get_job(session: AsyncSession, job_id: str) -> Job:
 
 async def cancel(session: AsyncSession, job_id: str) -> Job:
     """Cancel: a queued job at once; a running one is asked to stop (`cancelling`)."""
-    job = await get_job(session, job_id)
+    job = await get_job(session, job_id, lock=True)
     now = datetime.now(UTC)
     if job.state in CLAIMABLE:
         job.state, job.finished_at = JobState.CANCELLED, now
@@ -923,7 +924,7 @@ async def cancel(session: AsyncSession, job_id: str) -> Job:
 
 async def retry(session: AsyncSession, job_id: str) -> Job:
     """Run a cancelled or discarded job again: a new attempt, its history kept."""
-    job = await get_job(session, job_id)
+    job = await get_job(session, job_id, lock=True)
     if job.state not in (JobState.CANCELLED, JobState.DISCARDED):
         raise Conflict(f"only cancelled or discarded jobs can be retried (this one is {job.state})")
     job.state = JobState.AVAILABLE
@@ -973,7 +974,7 @@ async def prune_finished(
 async def operate(session: AsyncSession, job_id: str, action: str) -> Job:
     """An operator's `cancel` or `retry` of a job, recorded in the audit trail (API and CLI)."""
     change = {"cancel": cancel, "retry": retry}[action]
-    job = await get_job(session, job_id)
+    job = await get_job(session, job_id, lock=True)
     before = job.state
     await change(session, job_id)
     await record(

@@ -246,6 +246,7 @@ class Worker:
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._cancel_deadlines: dict[str, float] = {}
         self._completions: list[Done] = []
+        self._writing: list[Done] = []  # the batch being written
         self._flush_lock = asyncio.Lock()
         self._completions_waiting = asyncio.Event()
         self._completions_full = asyncio.Event()
@@ -272,7 +273,8 @@ class Worker:
             await self._claim_loop()
         finally:
             await self._drain()
-            await self._flush()  # what finished during the drain
+            # What finished during the drain, retried for as long as the grace period.
+            await self._flush_before(asyncio.get_running_loop().time() + self.grace)
             for task in loops:
                 task.cancel()
             for task in loops:
@@ -331,33 +333,39 @@ class Worker:
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_interval)
 
     async def _claim(self, free: int) -> list[Claimed]:
-        """Claim up to `free` jobs on the worker's claim connection."""
+        """Claim up to `free` jobs on the worker's claim connection. Each queue's claim
+        commits by itself: if a later one fails, the jobs already claimed are still run."""
+        claimed: list[Claimed] = []
         try:
             connection = await self._claimer.get()
-            claimed = await self._claim_on(connection, free)
+            await self._claim_on(connection, free, claimed)
             await self._claimer.done()
-        except Exception:
+        except Exception as exc:
             await self._claimer.close()
-            raise
+            if not claimed:
+                raise
+            _logger.warning("claiming jobs failed part way", claimed=len(claimed), error=str(exc))
         return claimed
 
-    async def _claim_on(self, connection: AsyncConnection | None, free: int) -> list[Claimed]:
-        """Claim up to `free` jobs, honouring per-queue limits; the queue asked first turns
-        round, so one queue's backlog cannot starve the others in this worker."""
+    async def _claim_on(
+        self, connection: AsyncConnection | None, free: int, claimed: list[Claimed]
+    ) -> None:
+        """Claim up to `free` jobs into `claimed`, queue by queue (each claim commits by
+        itself, so what is in `claimed` is ours even if a later queue's claim fails),
+        honouring per-queue limits; the queue asked first turns round, so no queue's backlog
+        starves another in this worker."""
         if not self.queues:
-            return []
+            return
         start = self._next_queue % len(self.queues)
         self._next_queue += 1
-        order = self.queues[start:] + self.queues[:start]
-        claimed: list[Claimed] = []
-        unlimited: list[str] = []
-        for queue in order:
+        for queue in self.queues[start:] + self.queues[:start]:
+            room = free - len(claimed)
+            if room <= 0:
+                return
             limit = self.queue_limits.get(queue)
-            if limit is None:
-                unlimited.append(queue)
-                continue
-            busy = sum(1 for name in self._queue_of.values() if name == queue)
-            room = min(free - len(claimed), limit - busy)
+            if limit is not None:
+                busy = sum(1 for name in self._queue_of.values() if name == queue)
+                room = min(room, limit - busy)
             if room > 0:
                 claimed += await claim(
                     self.db,
@@ -367,17 +375,6 @@ class Worker:
                     lease=self.lease,
                     connection=connection,
                 )
-        room = free - len(claimed)
-        if unlimited and room > 0:
-            claimed += await claim(
-                self.db,
-                queues=unlimited,
-                limit=room,
-                worker_id=self.worker_id,
-                lease=self.lease,
-                connection=connection,
-            )
-        return claimed
 
     def _start(self, job: Claimed) -> None:
         token = str(job.lease_token)
@@ -471,31 +468,52 @@ class Worker:
     async def _flusher(self) -> None:
         """Write finished jobs' completions in batches: when half a batch is waiting, or
         FLUSH_DELAY after the first one."""
+        pause = FLUSH_DELAY
         while True:
             await self._completions_waiting.wait()
             if len(self._completions) < self._flush_at:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._completions_full.wait(), timeout=FLUSH_DELAY)
-            await self._flush()
+            if await self._flush():
+                pause = FLUSH_DELAY
+            else:  # the batch is waiting again: retry, backing off while the database is away
+                await asyncio.sleep(pause)
+                pause = min(1.0, pause * 4)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write the waiting completions. False if the write failed: the batch then waits
+        again (its leases still heartbeated), to be retried on a fresh connection; a row
+        that did commit comes back fenced, so a retry never completes a job twice."""
         async with self._flush_lock:
             batch, self._completions = self._completions, []
+            self._writing = batch
             self._completions_waiting.clear()
             self._completions_full.clear()
             if not batch:
-                return
+                return True
             try:
                 fenced = await complete_many(self.db, batch, connection=await self._completer.get())
                 await self._completer.done()
-            except Exception as exc:  # noqa: BLE001 - the rescuer runs them again
+            except Exception as exc:  # noqa: BLE001 - kept and retried
                 await self._completer.close()
+                self._completions[:0] = batch
+                self._completions_waiting.set()
                 _logger.warning("recording completions failed", jobs=len(batch), error=str(exc))
-                return
+                return False
             finally:
+                self._writing = []
                 wake_event().set()  # claiming may have paused for this write
             for job_id in sorted(fenced):
                 _logger.warning("completion fenced off: the lease was lost", job_id=job_id)
+            return True
+
+    async def _flush_before(self, deadline: float) -> None:
+        """At shutdown: write what finished, retrying until `deadline` (loop time)."""
+        loop = asyncio.get_running_loop()
+        pause = FLUSH_DELAY
+        while not await self._flush() and loop.time() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 4)
 
     async def _failed(self, context: JobContext, job: Claimed, failure: Failure) -> None:
         context._failure = failure.kind
@@ -531,9 +549,12 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             running = list(self._running.items())
-            if not running:
+            # Finished jobs whose completion is not written yet keep their leases too, or a
+            # slow or failing write would let the rescuer run a finished job again.
+            unwritten = [*self._writing, *self._completions]
+            if not running and not unwritten:
                 continue
-            leases = []
+            leases = [Lease(d.job_id, d.attempt, d.token) for d in unwritten]
             for job_id, (_task, context) in running:
                 progress, logs = context._take()
                 leases.append(Lease(job_id, context.attempt, context._token, progress, logs))

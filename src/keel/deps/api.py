@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.errors import Forbidden, NotFound, problem_responses
 from keel.core.guards import register_guard
@@ -152,8 +153,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
                 component=body.component,
                 message=body.message,
             )
-            entries = await service.timelines(session, [incident.id])
-            return service.as_dict(incident, entries[incident.id])
+            return await _shown(session, incident)
 
     @router.post(
         "/incidents/{incident_id}/updates",
@@ -167,8 +167,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
             incident = await service.add_update(
                 session, incident_id, body.message, impact=body.impact
             )
-            entries = await service.timelines(session, [incident.id])
-            return service.as_dict(incident, entries[incident.id])
+            return await _shown(session, incident)
 
     @router.post(
         "/incidents/{incident_id}/resolve",
@@ -180,8 +179,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
     ) -> dict[str, Any]:
         async with keel.db.transaction() as session:
             incident = await service.resolve_incident(session, incident_id, body.message)
-            entries = await service.timelines(session, [incident.id])
-            return service.as_dict(incident, entries[incident.id])
+            return await _shown(session, incident)
 
     @router.put(
         "/incidents/{incident_id}/postmortem",
@@ -193,8 +191,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
     ) -> dict[str, Any]:
         async with keel.db.transaction() as session:
             incident = await service.set_postmortem(session, incident_id, body.text)
-            entries = await service.timelines(session, [incident.id])
-            return service.as_dict(incident, entries[incident.id])
+            return await _shown(session, incident)
 
     @router.get(
         "/maintenance",
@@ -229,6 +226,12 @@ def dependencies_router(keel: Keel) -> APIRouter:
             await service.remove_maintenance(session, window_id)
 
     return router
+
+
+async def _shown(session: AsyncSession, incident: Incident) -> dict[str, Any]:
+    """An incident with its timeline, as the routes answer it."""
+    entries = await service.timelines(session, [incident.id])
+    return service.as_dict(incident, entries[incident.id])
 
 
 def _window(window: Maintenance) -> dict[str, Any]:

@@ -12,13 +12,12 @@ from typing import Any
 
 import httpx
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
 from keel.core.database import Database
 from keel.deps.service import prune, record_probe
 from keel.deps.spec import Dependency, Probe, declared, dependency
-from keel.jobs import JobContext, enqueue, job
-from keel.jobs.models import CronSlot
+from keel.jobs import JobContext, job
+from keel.jobs.cron import enqueue_once
 from keel.observability.logging import get_logger
 
 __all__ = ["OWN_COMPONENTS", "PROBE_KIND", "Monitor", "check", "probe"]
@@ -119,21 +118,12 @@ class Monitor:
             slot = int(now // every)
             if self._seen.get(name) == slot:
                 continue
-            self._seen[name] = slot
             at = datetime.fromtimestamp(slot * every, UTC)
-            try:
-                async with self.db.transaction() as session:
-                    async with session.begin_nested():
-                        session.add(
-                            CronSlot(name=f"deps.probe:{name}", slot=at, job_id="", created_at=at)
-                        )
-                    created = await enqueue(session, PROBE_KIND, {"name": name})
-                    row = await session.get(CronSlot, (f"deps.probe:{name}", at))
-                    if row is not None:
-                        row.job_id = created.id
+            if await enqueue_once(
+                self.db, f"deps.probe:{name}", at, PROBE_KIND, {"name": name}, now=at
+            ):
                 made += 1
-            except IntegrityError:
-                pass  # another process enqueued this slot
+            self._seen[name] = slot  # only once the slot is in the database (ours or not)
         if now - self._pruned > 600:
             self._pruned = now
             async with self.db.transaction() as session:

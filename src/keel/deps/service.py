@@ -247,10 +247,10 @@ async def set_postmortem(session: AsyncSession, incident_id: str, text: str) -> 
 
 # --- probes ------------------------------------------------------------------------------------
 async def _bump_rollup(session: AsyncSession, component: str, at: datetime, ok: bool) -> None:
+    """Count one probe in its minute, hour and day (the row is made by the first probe)."""
     for period in PERIODS:
         start = period_start(at, period)
-        key = {"component": component, "period": period, "start": start}
-        changed = await session.execute(
+        bump = (
             update(ProbeRollup)
             .where(
                 ProbeRollup.component == component,
@@ -259,21 +259,21 @@ async def _bump_rollup(session: AsyncSession, component: str, at: datetime, ok: 
             )
             .values(good=ProbeRollup.good + (1 if ok else 0), total=ProbeRollup.total + 1)
         )
-        if getattr(changed, "rowcount", 0):
+        if getattr(await session.execute(bump), "rowcount", 0):
             continue
         try:
             async with session.begin_nested():
-                session.add(ProbeRollup(**key, good=1 if ok else 0, total=1))
-        except IntegrityError:  # another probe created the row meanwhile
-            await session.execute(
-                update(ProbeRollup)
-                .where(
-                    ProbeRollup.component == component,
-                    ProbeRollup.period == period,
-                    ProbeRollup.start == start,
+                session.add(
+                    ProbeRollup(
+                        component=component,
+                        period=period,
+                        start=start,
+                        good=1 if ok else 0,
+                        total=1,
+                    )
                 )
-                .values(good=ProbeRollup.good + (1 if ok else 0), total=ProbeRollup.total + 1)
-            )
+        except IntegrityError:  # another probe made the row meanwhile
+            await session.execute(bump)
 
 
 async def record_probe(

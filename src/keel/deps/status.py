@@ -118,18 +118,21 @@ async def status_data(db: Database, *, now: datetime | None = None) -> dict[str,
             else:
                 current = "operational" if state.last_ok else "degraded"
             uptimes: dict[str, Any] = {}
+            per_window: dict[str, Any] = {}
             for label, (span, period) in WINDOWS.items():
-                total, bars = await uptime(session, key, since=now - span, period=period)
+                total, per_window[label] = await uptime(
+                    session, key, since=now - span, period=period
+                )
                 uptimes[label] = total.percent
-                if label == "90d":
-                    days = {start.date(): bar for start, bar in bars}
-                    day_bars = []
-                    for back in range(89, -1, -1):
-                        day = (now - timedelta(days=back)).date()
-                        bar = days.get(day)
-                        day_bars.append(
-                            {"day": day.isoformat(), "percent": bar.percent if bar else None}
-                        )
+            # One bar per day of the last 90; a day without probes has no figure.
+            days = {start.date(): bar for start, bar in per_window["90d"]}
+            day_bars = []
+            for back in range(89, -1, -1):
+                day = (now - timedelta(days=back)).date()
+                found = days.get(day)
+                day_bars.append(
+                    {"day": day.isoformat(), "percent": found.percent if found else None}
+                )
             sla_total, _ = await uptime(
                 session, key, since=now - timedelta(days=component["window_days"])
             )

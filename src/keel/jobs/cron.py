@@ -24,7 +24,7 @@ from keel.jobs.models import CronSlot
 from keel.jobs.registry import get_spec, job
 from keel.jobs.service import enqueue
 
-__all__ = ["Schedule", "cron", "enqueue_due", "schedule", "schedules"]
+__all__ = ["Schedule", "cron", "enqueue_due", "enqueue_once", "schedule", "schedules"]
 
 SLOT_RETENTION = timedelta(days=35)
 
@@ -103,6 +103,31 @@ def schedules() -> dict[str, Schedule]:
     return dict(_SCHEDULES)
 
 
+async def enqueue_once(
+    db: Database,
+    name: str,
+    slot: datetime,
+    kind: str,
+    args: Mapping[str, Any],
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """Enqueue `kind(args)` for the slot `(name, slot)` unless any process already did: the
+    slot table's primary key lets exactly one win. Returns whether this call enqueued it."""
+    now = now or datetime.now(UTC)
+    try:
+        async with db.transaction() as session:
+            async with session.begin_nested():
+                session.add(CronSlot(name=name, slot=slot, job_id="", created_at=now))
+            created = await enqueue(session, kind, args)
+            row = await session.get(CronSlot, (name, slot))
+            if row is not None:
+                row.job_id = created.id
+    except IntegrityError:
+        return False  # another scheduler enqueued this slot
+    return True
+
+
 async def enqueue_due(
     db: Database, *, now: datetime | None = None, seen: dict[str, datetime] | None = None
 ) -> int:
@@ -118,17 +143,8 @@ async def enqueue_due(
             if seen is not None:
                 seen[entry.name] = slot
             continue
-        try:
-            async with db.transaction() as session:
-                async with session.begin_nested():
-                    session.add(CronSlot(name=entry.name, slot=slot, job_id="", created_at=now))
-                created = await enqueue(session, entry.kind, entry.args)
-                row = await session.get(CronSlot, (entry.name, slot))
-                if row is not None:
-                    row.job_id = created.id
+        if await enqueue_once(db, entry.name, slot, entry.kind, entry.args, now=now):
             made += 1
-        except IntegrityError:
-            pass  # another scheduler enqueued this slot
         if seen is not None:
             seen[entry.name] = slot
     return made

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 
 from keel._version import __version__
+from keel.core.changes import ChangeWatcher
 from keel.core.config import Config
 from keel.core.database import Database
 from keel.core.errors import (
@@ -103,6 +104,8 @@ class Keel:
         self.started_at = time.monotonic()
         self.instance_id: str | None = None
         self.redis: Any = None
+        self.changes = ChangeWatcher(self.db, poll_interval=self.config.changes_poll_interval)
+        """Change notices: modules watch topics here to reload what they cache."""
         self.running = False
         self._keyring: Keyring | None = None
         self._keyring_lock = asyncio.Lock()
@@ -122,6 +125,7 @@ class Keel:
         self.instance_id = await self._ensure_instance()
         if self.config.redis_url:
             self.redis = _connect_redis(self.config.redis_url)
+        await self.changes.start(redis=self.redis, scope=self.instance_id)
         for module in self.modules:
             for hook in module.on_startup:
                 await hook(self)
@@ -142,6 +146,7 @@ class Keel:
                     await hook(self)
                 except Exception as exc:
                     _logger.error("shutdown hook failed", module=module.name, exc_info=exc)
+        await self.changes.stop()
         if self.redis is not None:
             await self.redis.aclose()
             self.redis = None

@@ -105,6 +105,15 @@ class Config(BaseSettings):
         default=None,
         description="Redis URL (`redis://host:6379/0`); optional, shared state across processes.",
     )
+    changes_poll_interval: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60.0,
+        description=(
+            "Seconds between version polls of cached state (settings, registry): the fallback"
+            " when a change notice is lost."
+        ),
+    )
 
     # --- serving ---------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address `keel serve` binds.")

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from keel.audit.context import Actor, bind_actor, reset_actor
+from keel.core.changes import PgListener
 from keel.core.context import TraceContext, reset_trace, set_trace
 from keel.core.database import Database
 from keel.core.ids import new_id
@@ -257,7 +258,7 @@ class Worker:
         self._claimer = _Dedicated(db)
         self._completer = _Dedicated(db)
         self._stopping = asyncio.Event()
-        self._listener: Any = None
+        self._listener: PgListener | None = None
 
     async def run(self) -> None:
         """Work until `stop()`; then finish running jobs within the grace period and give the
@@ -630,31 +631,20 @@ class Worker:
     async def _listen(self) -> None:
         if self.db.dialect != "postgresql":
             return
-        try:
-            import psycopg
-
-            url = self.db.url.replace("postgresql+psycopg://", "postgresql://")
-            connection = await psycopg.AsyncConnection.connect(url, autocommit=True)
-            await connection.execute(f"LISTEN {CHANNEL}")
-            self._listener = connection
-
-            async def forward() -> None:
-                async for _note in connection.notifies():
-                    wake_event().set()
-
-            self._listener_task = asyncio.create_task(forward(), name="keel-jobs-listen")
-        except Exception as exc:  # noqa: BLE001 - polling still guarantees progress
-            _logger.warning("LISTEN failed; polling only", error=str(exc))
+        # A reconnecting LISTEN connection with keepalives: a dropped or half-open connection
+        # is reopened, and a reconnect wakes the claimer (notices may have been missed).
+        self._listener = PgListener(
+            self.db.url,
+            (CHANNEL,),
+            lambda _channel, _payload: wake_event().set(),
+            on_reconnect=wake_event().set,
+        )
+        if not await self._listener.start():
+            _logger.warning("LISTEN not connected yet; polling until it is")
 
     async def _unlisten(self) -> None:
-        task = getattr(self, "_listener_task", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+            await self._listener.stop()
             self._listener = None
 
 

@@ -1,0 +1,206 @@
+"""Change notices: delivered after a commit and never after a rollback, heard through LISTEN,
+Redis and the version poll, re-established after a lost connection, and coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from keel.core.changes import CHANNEL, ChangeWatcher, announce
+from keel.core.config import Config
+from keel.core.database import Database
+
+
+class Counter:
+    """A reload callback that counts its calls (and can be slow or fail)."""
+
+    def __init__(self, *, delay: float = 0.0, fail: int = 0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.fail = fail
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.calls <= self.fail:
+            raise RuntimeError("reload failed on purpose")
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def watcher(
+    db: Database, *, poll: float = 60.0, redis: Any = None
+) -> AsyncIterator[ChangeWatcher]:
+    changes = ChangeWatcher(db, poll_interval=poll)
+    await changes.start(redis=redis, scope="test")
+    try:
+        yield changes
+    finally:
+        await changes.stop()
+
+
+async def write(db: Database, topic: str, *, fail: bool = False) -> None:
+    async with db.transaction() as session:
+        await session.execute(text("SELECT 1"))
+        await announce(session, topic)
+        if fail:
+            raise RuntimeError("the writer fails after announcing")
+
+
+async def test_a_notice_follows_a_commit_never_a_rollback(migrated_db: Database) -> None:
+    reload = Counter()
+    async with watcher(migrated_db) as changes:
+        changes.watch("things", reload)
+        with pytest.raises(RuntimeError):
+            await write(migrated_db, "things", fail=True)
+        await asyncio.sleep(0.5)
+        assert reload.calls == 0
+        await write(migrated_db, "things")
+        await until(lambda: reload.calls == 1)
+        await write(migrated_db, "other")  # unwatched topics are ignored
+        await asyncio.sleep(0.3)
+        assert reload.calls == 1  # once, though PostgreSQL also delivered it by NOTIFY
+
+
+async def test_a_later_commit_does_not_carry_a_rolled_back_notice(migrated_db: Database) -> None:
+    reload = Counter()
+    async with watcher(migrated_db) as changes:
+        changes.watch("things", reload)
+        async with migrated_db.session() as session:
+            async with session.begin():
+                await session.execute(text("SELECT 1"))
+                await announce(session, "things")
+                await session.rollback()
+            async with session.begin():
+                await session.execute(text("SELECT 1"))
+        await asyncio.sleep(0.5)
+        assert reload.calls == 0
+
+
+async def test_the_version_poll_catches_a_change_without_a_notice(migrated_db: Database) -> None:
+    reload = Counter()
+    state = {"version": 1}
+
+    async def version() -> int:
+        return state["version"]
+
+    async with watcher(migrated_db, poll=0.1) as changes:
+        changes.watch("things", reload, version)
+        await asyncio.sleep(0.4)
+        assert reload.calls == 0  # the first read only records the version
+        state["version"] = 2
+        await until(lambda: reload.calls == 1, timeout=3)
+
+
+async def test_reloads_coalesce_and_a_failing_reload_is_retried(migrated_db: Database) -> None:
+    slow = Counter(delay=0.2)
+    failing = Counter(fail=1)
+    async with watcher(migrated_db) as changes:
+        changes.watch("slow", slow)
+        changes.watch("failing", failing)
+        for _ in range(50):
+            changes.notice("slow")
+        await until(lambda: slow.calls >= 1)
+        for _ in range(50):
+            changes.notice("slow")
+        await asyncio.sleep(0.6)
+        assert slow.calls == 2  # the burst during the first reload made exactly one more
+        changes.notice("failing")
+        await until(lambda: failing.calls == 1)
+        changes.notice("failing")  # the watcher survived the failure
+        await until(lambda: failing.calls == 2)
+
+
+@pytest.fixture
+def pg_config(config: Config) -> Config:
+    if not config.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL LISTEN only")
+    return config
+
+
+async def _raw_notify(db: Database, topic: str) -> None:
+    import psycopg
+
+    url = db.url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+        await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
+
+
+async def test_postgres_notices_from_another_connection_arrive(
+    pg_config: Config, migrated_db: Database
+) -> None:
+    """A notice sent by another client (another process) reaches the watcher via LISTEN."""
+    reload = Counter()
+    async with watcher(migrated_db) as changes:
+        changes.watch("things", reload)
+        await _raw_notify(migrated_db, "things")
+        await until(lambda: reload.calls == 1, timeout=2)
+
+
+async def test_a_cut_listen_connection_is_reopened_and_reloads(
+    pg_config: Config, migrated_db: Database
+) -> None:
+    reload = Counter()
+    async with watcher(migrated_db) as changes:
+        changes.watch("things", reload)
+        listener = changes.listener
+        assert listener is not None
+        pid = await listener.backend_pid()
+        async with migrated_db.session() as session:
+            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await until(lambda: listener.reconnects == 1, timeout=10)
+        await until(lambda: reload.calls == 1)  # missed notices: everything reloads
+        assert await listener.backend_pid() != pid
+        await _raw_notify(migrated_db, "things")
+        await until(lambda: reload.calls == 2, timeout=2)
+
+
+async def _with_redis(redis_url: str, body: Callable[[Any], Awaitable[None]]) -> None:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        await body(redis)
+    finally:
+        await redis.aclose()
+
+
+async def test_redis_carries_notices_both_ways(migrated_db: Database, redis_url: str) -> None:
+    async def body(redis: Any) -> None:
+        reload = Counter()
+        async with watcher(migrated_db, redis=redis) as changes:
+            changes.watch("things", reload)
+            # Heard: a notice another process published.
+            await until(lambda: len(changes._tasks) == 2)
+            await asyncio.sleep(0.2)  # the subscription is being set up
+            await redis.publish(changes.redis_channel, "things")
+            await until(lambda: reload.calls >= 1, timeout=2)
+            if migrated_db.dialect == "postgresql":
+                return  # there NOTIFY tells the other processes; Redis is not needed
+            # Told: a commit here is published for the other processes.
+            pubsub = redis.pubsub()
+            await pubsub.subscribe(changes.redis_channel)
+            await write(migrated_db, "published")
+            seen = []
+            for _ in range(50):
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                if message is not None:
+                    seen.append(message["data"])
+                    break
+            await pubsub.aclose()
+            assert seen == [b"published"]
+
+    await _with_redis(redis_url, body)

@@ -166,8 +166,19 @@ async def test_shutdown_writes_the_completions_of_finished_jobs(migrated_db: Dat
         assert stored.attempt == 1
 
 
+class Unshowable:
+    """Neither JSON nor text: its str() and repr() raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+    __repr__ = __str__
+
+
 @job("test.batch.odd")
 async def odd_result(ctx: JobContext, kind: str) -> object:
+    if kind == "unshowable":
+        return {"thing": Unshowable()}
     if kind == "nan":
         return float("nan")
     if kind == "nested":
@@ -177,11 +188,12 @@ async def odd_result(ctx: JobContext, kind: str) -> object:
 
 async def test_an_odd_result_does_not_fail_its_batch(migrated_db: Database) -> None:
     """Results that are not JSON (NaN, a datetime inside a dict) are stored as text in their
-    place; the jobs completed in the same batch are unaffected."""
+    place, one that cannot even be shown as text as a placeholder; the jobs completed in the
+    same batch are unaffected."""
     db = migrated_db
     ids = {
         kind: await _enqueue(db, "test.batch.odd", {"kind": kind})
-        for kind in ("nan", "nested", "plain")
+        for kind in ("nan", "nested", "plain", "unshowable")
     }
     async with running(db, concurrency=3):
         for job_id in ids.values():
@@ -192,6 +204,7 @@ async def test_an_odd_result_does_not_fail_its_batch(migrated_db: Database) -> N
         "ok": [1, 2],
     }
     assert (await _job(db, ids["plain"])).result == {"n": 1}
+    assert (await _job(db, ids["unshowable"])).result == "<dict result that cannot be shown>"
     for job_id in ids.values():
         assert (await _job(db, job_id)).attempt == 1
 

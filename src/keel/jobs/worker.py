@@ -664,5 +664,8 @@ def _jsonable(value: Any) -> Any:
         return value
     try:
         return json.loads(json.dumps(value, default=str, allow_nan=False))
-    except (TypeError, ValueError):
-        return str(value)
+    except Exception:  # noqa: BLE001 - an odd result must never fail its job's completion
+        try:
+            return str(value)
+        except Exception:  # noqa: BLE001 - not even text: say so
+            return f"<{type(value).__name__} result that cannot be shown>"

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from keel.core.database import Database
-from keel.jobs import JobContext, Worker, job
+from keel.jobs import JobContext, Permanent, Worker, job
 from keel.jobs.models import Job, JobAttempt, JobState
 from keel.jobs.service import Claimed, Done, Lease, claim, complete_many, heartbeat_many
 from keel.jobs.worker import _Dedicated
@@ -332,3 +332,33 @@ async def test_a_cancel_waits_for_a_completion_in_flight(migrated_db: Database) 
     with pytest.raises(Conflict):
         await attempt
     assert (await _job(db, job_id)).state == JobState.COMPLETED
+
+
+HOLD: dict[str, asyncio.Event] = {}
+
+
+@job("test.batch.hold")
+async def held(ctx: JobContext, quick: bool) -> None:
+    if quick:
+        raise Permanent("fails at once")  # a failure's write does not pass the flusher
+    await HOLD["release"].wait()
+
+
+async def test_a_slot_freed_under_a_backlog_is_refilled_without_waiting_for_the_poll(
+    migrated_db: Database,
+) -> None:
+    """Four slots, a backlog: one quick job fails while three hold their slots. Its slot
+    alone is too few to claim for at once, but it is refilled within moments, not after the
+    30 s poll."""
+    db = migrated_db
+    HOLD["release"] = release = asyncio.Event()
+    await _enqueue(db, "test.batch.hold", {"quick": True})
+    for _ in range(3):
+        await _enqueue(db, "test.batch.hold", {"quick": False})
+    waiting = await _enqueue(db, "test.batch.hold", {"quick": True})
+    try:
+        async with running(db, concurrency=4, poll_interval=30.0, lease=30.0):
+            await _until(db, waiting, JobState.DISCARDED, timeout=5.0)
+            release.set()
+    finally:
+        release.set()

@@ -253,6 +253,7 @@ class Worker:
         self._completions_full = asyncio.Event()
         self._flush_at = max(1, concurrency)
         self._refill_at = max(1, self.claim_batch // 2)
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._next_queue = 0
         self._backlog = False
         self._claimer = _Dedicated(db)
@@ -398,6 +399,16 @@ class Worker:
         # and need only be woken once enough are free.
         if not self._backlog or self.concurrency - len(self._running) >= self._refill_at:
             wake_event().set()
+        elif self._refill_timer is None:
+            # Too few free slots to claim for yet: claim for them within REFILL_DELAY anyway,
+            # instead of leaving them idle until the next poll.
+            self._refill_timer = asyncio.get_running_loop().call_later(
+                REFILL_DELAY, self._refill_due
+            )
+
+    def _refill_due(self) -> None:
+        self._refill_timer = None
+        wake_event().set()
 
     # --- running -----------------------------------------------------------------------------
     async def _execute(self, job: Claimed, context: JobContext) -> None:

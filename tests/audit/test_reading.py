@@ -21,6 +21,7 @@ async def test_the_action_prefix_filter_can_use_its_index(migrated_db: Database)
         definition = (
             await connection.exec_driver_sql(
                 "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_keel_audit_events_action'"
+                " AND schemaname = current_schema()"
             )
         ).scalar_one()
         await connection.exec_driver_sql("SET LOCAL enable_seqscan = off")

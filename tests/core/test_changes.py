@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import text
 
 from keel.core.changes import CHANNEL, ChangeWatcher, announce
-from keel.core.config import Config
 from keel.core.database import Database
 
 
@@ -21,6 +20,7 @@ class Counter:
 
     def __init__(self, *, delay: float = 0.0, fail: int = 0) -> None:
         self.calls = 0
+        self.finished = 0
         self.delay = delay
         self.fail = fail
 
@@ -30,6 +30,7 @@ class Counter:
             await asyncio.sleep(self.delay)
         if self.calls <= self.fail:
             raise RuntimeError("reload failed on purpose")
+        self.finished += 1
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -52,6 +53,17 @@ async def watcher(
         await changes.stop()
 
 
+async def watched(
+    changes: ChangeWatcher,
+    topic: str,
+    reload: Counter,
+    version: Callable[[], Awaitable[Any]] | None = None,
+) -> None:
+    """Watch `topic` and wait for its first load (which `watch` starts)."""
+    changes.watch(topic, reload, version)
+    await until(lambda: reload.calls == 1)
+
+
 async def write(db: Database, topic: str, *, fail: bool = False) -> None:
     async with db.transaction() as session:
         await session.execute(text("SELECT 1"))
@@ -63,22 +75,22 @@ async def write(db: Database, topic: str, *, fail: bool = False) -> None:
 async def test_a_notice_follows_a_commit_never_a_rollback(migrated_db: Database) -> None:
     reload = Counter()
     async with watcher(migrated_db) as changes:
-        changes.watch("things", reload)
+        await watched(changes, "things", reload)
         with pytest.raises(RuntimeError):
             await write(migrated_db, "things", fail=True)
         await asyncio.sleep(0.5)
-        assert reload.calls == 0
+        assert reload.calls == 1
         await write(migrated_db, "things")
-        await until(lambda: reload.calls == 1)
+        await until(lambda: reload.calls == 2)
         await write(migrated_db, "other")  # unwatched topics are ignored
         await asyncio.sleep(0.3)
-        assert reload.calls == 1  # once, though PostgreSQL also delivered it by NOTIFY
+        assert reload.calls == 2  # once, though PostgreSQL also delivered it by NOTIFY
 
 
 async def test_a_later_commit_does_not_carry_a_rolled_back_notice(migrated_db: Database) -> None:
     reload = Counter()
     async with watcher(migrated_db) as changes:
-        changes.watch("things", reload)
+        await watched(changes, "things", reload)
         async with migrated_db.session() as session:
             async with session.begin():
                 await session.execute(text("SELECT 1"))
@@ -87,7 +99,7 @@ async def test_a_later_commit_does_not_carry_a_rolled_back_notice(migrated_db: D
             async with session.begin():
                 await session.execute(text("SELECT 1"))
         await asyncio.sleep(0.5)
-        assert reload.calls == 0
+        assert reload.calls == 1
 
 
 async def test_the_version_poll_catches_a_change_without_a_notice(migrated_db: Database) -> None:
@@ -98,37 +110,50 @@ async def test_the_version_poll_catches_a_change_without_a_notice(migrated_db: D
         return state["version"]
 
     async with watcher(migrated_db, poll=0.1) as changes:
-        changes.watch("things", reload, version)
+        await watched(changes, "things", reload, version)
         await asyncio.sleep(0.4)
-        assert reload.calls == 0  # the first read only records the version
+        assert reload.calls == 1  # an unchanged version reloads nothing
         state["version"] = 2
-        await until(lambda: reload.calls == 1, timeout=3)
+        await until(lambda: reload.calls == 2, timeout=3)
+
+
+async def test_a_change_during_the_first_load_is_not_missed(migrated_db: Database) -> None:
+    """The first load reads the version before it loads: a change made while it loads, whose
+    notice is lost, is caught by the next poll."""
+    state = {"version": 1}
+    loads: list[int] = []
+
+    async def version() -> int:
+        return state["version"]
+
+    async def reload() -> None:
+        loads.append(state["version"])
+        await asyncio.sleep(0.2)
+
+    async with watcher(migrated_db, poll=0.1) as changes:
+        changes.watch("things", reload, version)
+        await until(lambda: loads == [1])
+        state["version"] = 2  # while the first load runs; no notice
+        await until(lambda: loads[-1] == 2, timeout=3)
 
 
 async def test_reloads_coalesce_and_a_failing_reload_is_retried(migrated_db: Database) -> None:
     slow = Counter(delay=0.2)
     failing = Counter(fail=1)
     async with watcher(migrated_db) as changes:
-        changes.watch("slow", slow)
-        changes.watch("failing", failing)
+        await watched(changes, "slow", slow)
+        await until(lambda: slow.finished == 1)  # the first load is over
         for _ in range(50):
             changes.notice("slow")
-        await until(lambda: slow.calls >= 1)
+        await until(lambda: slow.calls >= 2)
         for _ in range(50):
             changes.notice("slow")
         await asyncio.sleep(0.6)
-        assert slow.calls == 2  # the burst during the first reload made exactly one more
-        changes.notice("failing")
+        assert slow.calls == 3  # the burst during the second load made exactly one more
+        changes.watch("failing", failing)  # its first load fails
         await until(lambda: failing.calls == 1)
         changes.notice("failing")  # the watcher survived the failure
         await until(lambda: failing.calls == 2)
-
-
-@pytest.fixture
-def pg_config(config: Config) -> Config:
-    if not config.database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL LISTEN only")
-    return config
 
 
 async def _raw_notify(db: Database, topic: str) -> None:
@@ -139,68 +164,63 @@ async def _raw_notify(db: Database, topic: str) -> None:
         await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, topic))
 
 
-async def test_postgres_notices_from_another_connection_arrive(
-    pg_config: Config, migrated_db: Database
-) -> None:
+POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@POSTGRES_ONLY
+async def test_postgres_notices_from_another_connection_arrive(migrated_db: Database) -> None:
     """A notice sent by another client (another process) reaches the watcher via LISTEN."""
     reload = Counter()
     async with watcher(migrated_db) as changes:
-        changes.watch("things", reload)
-        await _raw_notify(migrated_db, "things")
-        await until(lambda: reload.calls == 1, timeout=2)
-
-
-async def test_a_cut_listen_connection_is_reopened_and_reloads(
-    pg_config: Config, migrated_db: Database
-) -> None:
-    reload = Counter()
-    async with watcher(migrated_db) as changes:
-        changes.watch("things", reload)
-        listener = changes.listener
-        assert listener is not None
-        pid = await listener.backend_pid()
-        async with migrated_db.session() as session:
-            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        await until(lambda: listener.reconnects == 1, timeout=10)
-        await until(lambda: reload.calls == 1)  # missed notices: everything reloads
-        assert await listener.backend_pid() != pid
+        await watched(changes, "things", reload)
         await _raw_notify(migrated_db, "things")
         await until(lambda: reload.calls == 2, timeout=2)
 
 
-async def _with_redis(redis_url: str, body: Callable[[Any], Awaitable[None]]) -> None:
+@POSTGRES_ONLY
+async def test_a_cut_listen_connection_is_reopened_and_reloads(migrated_db: Database) -> None:
+    reload = Counter()
+    async with watcher(migrated_db) as changes:
+        await watched(changes, "things", reload)
+        listener = changes.listener
+        assert listener is not None
+        pid = listener.backend_pid()
+        async with migrated_db.session() as session:
+            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await until(lambda: listener.reconnects == 1, timeout=10)
+        await until(lambda: reload.calls == 2)  # missed notices: everything reloads
+        assert listener.backend_pid() != pid
+        await _raw_notify(migrated_db, "things")
+        await until(lambda: reload.calls == 3, timeout=2)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Any]:
     from redis.asyncio import Redis
 
-    redis = Redis.from_url(redis_url)
-    try:
-        await body(redis)
-    finally:
-        await redis.aclose()
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
-async def test_redis_carries_notices_both_ways(migrated_db: Database, redis_url: str) -> None:
-    async def body(redis: Any) -> None:
-        reload = Counter()
-        async with watcher(migrated_db, redis=redis) as changes:
-            changes.watch("things", reload)
-            # Heard: a notice another process published.
-            await until(lambda: len(changes._tasks) == 2)
-            await asyncio.sleep(0.2)  # the subscription is being set up
-            await redis.publish(changes.redis_channel, "things")
-            await until(lambda: reload.calls >= 1, timeout=2)
-            if migrated_db.dialect == "postgresql":
-                return  # there NOTIFY tells the other processes; Redis is not needed
-            # Told: a commit here is published for the other processes.
-            pubsub = redis.pubsub()
-            await pubsub.subscribe(changes.redis_channel)
-            await write(migrated_db, "published")
-            seen = []
-            for _ in range(50):
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-                if message is not None:
-                    seen.append(message["data"])
-                    break
-            await pubsub.aclose()
-            assert seen == [b"published"]
-
-    await _with_redis(redis_url, body)
+async def test_redis_carries_notices_both_ways(migrated_db: Database, redis: Any) -> None:
+    reload = Counter()
+    async with watcher(migrated_db, redis=redis) as changes:
+        await watched(changes, "things", reload)
+        # Heard: a notice another process published.
+        await asyncio.sleep(0.2)  # the subscription is being set up
+        await redis.publish(changes.redis_channel, "things")
+        await until(lambda: reload.calls == 2, timeout=2)
+        if migrated_db.dialect == "postgresql":
+            return  # there NOTIFY tells the other processes; Redis is not needed
+        # Told: a commit here is published for the other processes.
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(changes.redis_channel)
+        await write(migrated_db, "published")
+        message = None
+        for _ in range(50):
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                break
+        await pubsub.aclose()
+        assert message is not None and message["data"] == b"published"

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -101,6 +101,7 @@ class PgListener:
 
     IDLE_PING = 20.0
     PING_TIMEOUT = 5.0
+    FIRST_BACKOFF = 0.2
     MAX_BACKOFF = 10.0
 
     def __init__(
@@ -137,29 +138,31 @@ class PgListener:
             self._task = None
         await self._close()
 
-    async def backend_pid(self) -> int | None:
+    def backend_pid(self) -> int | None:
         """The listening connection's server process id (tests use it to cut the connection)."""
         return None if self._connection is None else int(self._connection.info.backend_pid)
 
     async def _run(self) -> None:
-        backoff = 0.2
-        first = True
+        backoff = self.FIRST_BACKOFF
+        ever_connected = False
         while True:
             try:
                 await self._connect()
-                backoff = 0.2
-                if not first:
+                backoff = self.FIRST_BACKOFF
+                if ever_connected:
                     self.reconnects += 1
                     if self.on_reconnect is not None:
                         self.on_reconnect()
-                first = False
+                ever_connected = True
                 await self._listen()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconnect; polling covers the gap
-                if self.connected.is_set() or first:
-                    _logger.warning("LISTEN connection lost; reconnecting", error=str(exc))
-                first = False
+                # Warn once per outage (the first failure); its retries stay quiet.
+                first_failure = backoff == self.FIRST_BACKOFF
+                (_logger.warning if first_failure else _logger.debug)(
+                    "LISTEN connection failed; reconnecting", error=str(exc)
+                )
             self.connected.clear()
             await self._close()
             await asyncio.sleep(backoff)
@@ -196,7 +199,6 @@ class PgListener:
                 await asyncio.wait_for(connection.close(), timeout=2.0)
 
 
-_UNREAD = object()  # no version read yet: the first poll only records it
 _FAILED = object()  # the last reload failed: the next poll reloads again
 
 
@@ -204,10 +206,10 @@ _FAILED = object()  # the last reload failed: the next poll reloads again
 class _Topic:
     reload: Callable[[], Awaitable[None]]
     version: Callable[[], Awaitable[Any]] | None
-    last_version: Any = _UNREAD
+    last_version: Any = _FAILED  # until the first load reads it
     dirty: bool = False
     task: asyncio.Task[None] | None = None
-    failures: int = field(default=0)
+    failures: int = 0
 
 
 class ChangeWatcher:
@@ -219,7 +221,6 @@ class ChangeWatcher:
         self.poll_interval = poll_interval
         self.redis: Any = None
         self.redis_channel = CHANNEL
-        self.reloads = 0
         self._topics: dict[str, _Topic] = {}
         self._listener: PgListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -230,8 +231,12 @@ class ChangeWatcher:
         reload: Callable[[], Awaitable[None]],
         version: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
-        """Call `reload()` when `topic` changes; poll `version()` as the fallback."""
+        """Call `reload()` when `topic` changes; poll `version()` as the fallback.
+
+        The first load runs at once (in the background): it reads the version before it
+        loads, so a change made at any moment after `watch()` is seen by a notice or a poll."""
         self._topics[topic] = _Topic(reload, version)
+        self.notice(topic)
 
     def unwatch(self, topic: str) -> None:
         """Stop watching `topic`."""
@@ -298,7 +303,6 @@ class ChangeWatcher:
                 if watched.version is not None:
                     watched.last_version = await watched.version()
                 await watched.reload()
-                self.reloads += 1
                 watched.failures = 0
             except Exception as exc:  # noqa: BLE001 - retried at the next notice or poll
                 watched.failures += 1
@@ -319,9 +323,7 @@ class ChangeWatcher:
                 except Exception as exc:  # noqa: BLE001 - keep polling through outages
                     _logger.debug("version poll failed", topic=topic, error=str(exc))
                     continue
-                if watched.last_version is _UNREAD:
-                    watched.last_version = current
-                elif current != watched.last_version:
+                if current != watched.last_version:
                     self.notice(topic)
 
     async def _subscribe(self) -> None:

@@ -197,7 +197,7 @@ async def test_the_status_page_shows_states_and_leaks_nothing_internal(
         await _probe(migrated_db, False, now - timedelta(seconds=3 - n))
     data = await status_data(migrated_db, now=now)
     shown = {c["name"]: c for c in data["components"]}
-    assert set(shown) == {"Database", "Background jobs", "Image generation"}
+    assert set(shown) == {"API", "Database", "Background jobs", "Image generation"}
     assert shown["Image generation"]["state"] == "outage"
     assert shown["Image generation"]["uptime"]["24h"] == 0.0
     assert shown["Image generation"]["sla"]["target"] == 99.5

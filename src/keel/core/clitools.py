@@ -62,7 +62,7 @@ def load_config(**overrides: Any) -> Config:
         message = first["msg"].removeprefix("Value error, ")
         fail(
             f"invalid configuration: {field}: {message}",
-            hint=f"check KEEL_{field.upper()} (or `{field}` in keel.toml)",
+            hint=f"check KEEL_{field.upper().replace('.', '__')} (or `{field}` in keel.toml)",
             code=2,
         )
 

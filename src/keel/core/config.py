@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Config", "redact_url"]
+__all__ = ["Config", "DependencySettings", "redact_url"]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 
@@ -63,11 +64,66 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Timeouts(_Group):
+    connect: float | None = Field(default=None, gt=0, le=3600)
+    read: float | None = Field(default=None, gt=0, le=3600)
+    total: float | None = Field(default=None, gt=0, le=86400)
+
+
+class _Retry(_Group):
+    attempts: int | None = Field(default=None, ge=1, le=100)
+    budget: float | None = Field(default=None, gt=0, le=86400)
+    base: float | None = Field(default=None, gt=0, le=3600)
+    cap: float | None = Field(default=None, gt=0, le=3600)
+
+
+class _Breaker(_Group):
+    failures: int | None = Field(default=None, ge=1, le=100_000)
+    window: float | None = Field(default=None, gt=0, le=86400)
+    open_for: float | None = Field(default=None, gt=0, le=86400)
+    half_open_calls: int | None = Field(default=None, ge=1, le=1000)
+
+
+class _Bulkhead(_Group):
+    limit: int | None = Field(default=None, ge=1, le=100_000)
+    wait: float | None = Field(default=None, ge=0, le=3600)
+
+
+class _Probe(_Group):
+    path: str | None = Field(default=None, min_length=1, max_length=2000)
+    status: int | None = Field(default=None, ge=100, le=599)
+    max_ms: float | None = Field(default=None, gt=0)
+    failures: int | None = Field(default=None, ge=1, le=1000)
+    recoveries: int | None = Field(default=None, ge=1, le=1000)
+
+
+class DependencySettings(_Group):
+    """One deployment's policy for a dependency (or one of Keel's own components): every
+    field left out keeps what code declared (docs/deps.md)."""
+
+    base_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    probe_every: float | None = Field(default=None, ge=1, le=86400)
+    timeouts: _Timeouts | None = None
+    retry: _Retry | None = None
+    breaker: _Breaker | None = None
+    concurrency: _Bulkhead | None = None
+    probe: _Probe | None = None
+    public: bool | None = None
+    public_name: str | None = Field(default=None, min_length=1, max_length=100)
+    sla_target: float | None = Field(default=None, gt=0, le=100)
+    sla_window_days: int | None = Field(default=None, ge=1, le=365)
+
+
 class Config(BaseSettings):
     """Keel's boot-time configuration. Every field is also a `KEEL_<NAME>` variable."""
 
     model_config = SettingsConfigDict(
         env_prefix="KEEL_",
+        env_nested_delimiter="__",
         frozen=True,
         extra="forbid",
         validate_default=True,
@@ -343,6 +399,31 @@ class Config(BaseSettings):
         description="Discarded and cancelled jobs are deleted after this long.",
     )
 
+    # --- dependencies ----------------------------------------------------------------------
+    deps: dict[str, DependencySettings] = Field(
+        default_factory=dict,
+        description=(
+            "Per-deployment policy of dependencies and Keel's own components, by name: "
+            "`KEEL_DEPS__<NAME>__<FIELD>` (groups nest with `__`: "
+            "`KEEL_DEPS__TOPMEDIAI__TIMEOUTS__READ=10`) or `[deps.<name>]` in keel.toml. "
+            "Fields: base_url, probe_every, timeouts, retry, breaker, concurrency, probe, "
+            "public, public_name, sla_target, sla_window_days (docs/deps.md)."
+        ),
+    )
+
+    @field_validator("deps", mode="before")
+    @classmethod
+    def _dependency_names(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        named: dict[str, Any] = {}
+        for name, settings in value.items():
+            key = re.sub(r"[^a-z0-9]", "_", str(name).strip().lower())
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", key):
+                raise ValueError(f"{name!r} is not a dependency name")
+            named[key] = settings
+        return named
+
     # --- audit -----------------------------------------------------------------------------
     audit_retention_days: int | None = Field(
         default=None,
@@ -488,4 +569,11 @@ class Config(BaseSettings):
         data["database_url"] = redact_url(self.effective_database_url)
         if self.redis_url:
             data["redis_url"] = redact_url(self.redis_url)
+        data["deps"] = {
+            name: {
+                key: redact_url(value) if key == "base_url" else value
+                for key, value in settings.model_dump(mode="json", exclude_none=True).items()
+            }
+            for name, settings in self.deps.items()
+        }
         return data

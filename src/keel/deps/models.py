@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from keel.core.database import Base, UTCDateTime
 
 __all__ = [
+    "ApiSlot",
     "ComponentState",
     "Incident",
     "IncidentUpdate",
@@ -111,3 +112,16 @@ class Maintenance(Base):
     tz: Mapped[str] = mapped_column(String(64), default="UTC")
     minutes: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiSlot(Base):
+    """What the serving processes saw of the API in one monitor slot, added up: how many
+    reported, how many of them were not ready, requests answered and how many were 5xx."""
+
+    __tablename__ = "keel_dep_api_slots"
+
+    start: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    reports: Mapped[int] = mapped_column(Integer, default=0)
+    not_ready: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)

@@ -23,19 +23,36 @@ DEPS_PERMISSIONS = (
 
 
 async def _start(keel: Keel) -> None:
+    from keel.core.errors import StartupError
     from keel.deps.client import configure
-    from keel.deps.monitor import Monitor
+    from keel.deps.monitor import NOT_COUNTED, ApiReporter, Monitor
+    from keel.deps.spec import use_settings
+    from keel.observability.health import run_checks
 
+    try:
+        use_settings(keel.config.deps)
+    except ValueError as exc:
+        raise StartupError(
+            f"invalid configuration: {exc}",
+            hint="check the KEEL_DEPS__… variables (or the [deps] tables in keel.toml)",
+        ) from None
     await configure(redis=keel.redis, registry=keel.metrics_registry)
+
+    async def ready() -> bool:
+        results = await run_checks(keel.readiness_checks(), timeout=3.0)
+        return all(result.ok for result in results.values())
+
+    api = ApiReporter(lambda: keel.http_metrics.answered(skip=NOT_COUNTED), ready)
     stop = asyncio.Event()
     keel.state["deps.stop"] = stop
     keel.state["deps.monitor"] = asyncio.create_task(
-        Monitor(keel.db).run(stop), name="keel-deps-monitor"
+        Monitor(keel.db, api=api).run(stop), name="keel-deps-monitor"
     )
 
 
 async def _stop(keel: Keel) -> None:
     from keel.deps.client import runtime
+    from keel.deps.spec import use_settings
 
     task = keel.state.pop("deps.monitor", None)
     stop = keel.state.pop("deps.stop", None)
@@ -44,6 +61,7 @@ async def _stop(keel: Keel) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=5)
     await runtime().close()
+    use_settings(None)  # declarations made after this kernel read their own variables again
 
 
 def deps_module() -> KeelModule:

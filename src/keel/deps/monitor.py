@@ -7,25 +7,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlalchemy.exc import IntegrityError
 
 from keel.core.database import Database
+from keel.deps.models import ApiSlot
 from keel.deps.service import prune, record_probe
-from keel.deps.spec import Dependency, Probe, declared, dependency
+from keel.deps.spec import Dependency, Probe, Public, declared, dependency, public_of, settings_for
 from keel.jobs import JobContext, job
-from keel.jobs.cron import enqueue_once
+from keel.jobs.cron import claim_slot, enqueue_once
 from keel.observability.logging import get_logger
 
-__all__ = ["OWN_COMPONENTS", "PROBE_KIND", "Monitor", "check", "probe"]
+__all__ = [
+    "API",
+    "API_EVERY",
+    "OWN_COMPONENTS",
+    "PROBE_KIND",
+    "ApiReporter",
+    "Monitor",
+    "api_healthy",
+    "check",
+    "finish_api_slot",
+    "probe",
+    "report_api_slot",
+]
 
 PROBE_KIND = "keel.deps.probe"
 OWN_COMPONENTS = {"keel.database": "Database", "keel.workers": "Background jobs"}
 """Keel's own components, probed by the same jobs (a probe that runs proves a worker is up)."""
 OWN_EVERY = 30.0
+API = "keel.api"
+"""Keel's own HTTP service, judged by the serving processes themselves (not a probe job)."""
+API_NAME = "API"
+API_EVERY = 30.0
+API_GRACE = 10.0
+"""Seconds after a slot ends before its result is recorded: every process reports first."""
+API_MIN_REQUESTS = 20
+"""Fewer requests in a slot (all processes) are too few to judge the 5xx ratio."""
+API_MAX_ERROR_PERCENT = 5
+NOT_COUNTED = frozenset({"/healthz", "/readyz", "/metrics"})
 _logger = get_logger("keel.deps")
 
 
@@ -95,6 +121,91 @@ async def probe(ctx: JobContext, name: str) -> dict[str, Any]:
     return {"ok": ok, "ms": ms}
 
 
+# --- the API component ---------------------------------------------------------------------
+def api_healthy(*, not_ready: int, requests: int, errors: int) -> bool:
+    """Every reporting process ready and, with at least API_MIN_REQUESTS requests, at most
+    API_MAX_ERROR_PERCENT % of them 5xx (integer arithmetic: no rounding at the edge)."""
+    if not_ready:
+        return False
+    return requests < API_MIN_REQUESTS or errors * 100 <= API_MAX_ERROR_PERCENT * requests
+
+
+def slot_start(index: int) -> datetime:
+    """The start of API slot number `index` (slots of API_EVERY seconds since the epoch)."""
+    return datetime.fromtimestamp(index * API_EVERY, UTC)
+
+
+async def report_api_slot(
+    db: Database, start: datetime, *, ready: bool, requests: int, errors: int
+) -> None:
+    """Add one process's view of the slot starting at `start` to the shared row."""
+    values = {
+        "reports": ApiSlot.reports + 1,
+        "not_ready": ApiSlot.not_ready + (0 if ready else 1),
+        "requests": ApiSlot.requests + requests,
+        "errors": ApiSlot.errors + errors,
+    }
+    async with db.transaction() as session:
+        # unscoped: monitor data is deployment-wide.
+        bump = update(ApiSlot).where(ApiSlot.start == start).values(**values)
+        if getattr(await session.execute(bump), "rowcount", 0):
+            return
+        try:
+            async with session.begin_nested():
+                session.add(
+                    ApiSlot(
+                        start=start,
+                        reports=1,
+                        not_ready=0 if ready else 1,
+                        requests=requests,
+                        errors=errors,
+                    )
+                )
+        except IntegrityError:  # another process made the row meanwhile
+            await session.execute(bump)
+
+
+async def finish_api_slot(
+    db: Database, start: datetime, *, title: str = API_NAME, now: datetime | None = None
+) -> bool | None:
+    """Record the API's result for the slot starting at `start`, once: the slot is claimed in
+    the cron slot table in the same transaction, so only one process records it. Returns the
+    result recorded, or None when another process did or no process reported."""
+    async with db.transaction() as session:
+        # unscoped: monitor data is deployment-wide.
+        row = await session.get(ApiSlot, start)
+        if row is None:
+            return None
+        if not await claim_slot(session, f"deps.probe:{API}", start, now=now):
+            return None
+        await session.refresh(row)  # the claim waited for any other claimer: read its total
+        ok = api_healthy(not_ready=row.not_ready, requests=row.requests, errors=row.errors)
+        await record_probe(
+            session,
+            API,
+            ok=ok,
+            latency_ms=None,
+            detail=(
+                f"{row.reports} process(es) reported, {row.not_ready} not ready; "
+                f"{row.errors} of {row.requests} requests answered 5xx"
+            ),
+            failures_to_open=2,
+            successes_to_close=1,
+            title=title,
+            at=start,
+        )
+    return ok
+
+
+@dataclass(frozen=True, slots=True)
+class ApiReporter:
+    """How a serving process sees its API: requests answered and 5xx so far (cumulative),
+    and whether its readiness checks pass."""
+
+    answered: Callable[[], tuple[int, int]]
+    ready: Callable[[], Awaitable[bool]]
+
+
 def _schedule() -> dict[str, float]:
     every = {name: dep.probe_every for name, dep in declared().items() if dep.probe is not None}
     every.update(dict.fromkeys(OWN_COMPONENTS, OWN_EVERY))
@@ -104,11 +215,46 @@ def _schedule() -> dict[str, float]:
 class Monitor:
     """Enqueues due probes (each slot once, whichever process gets there first) and prunes."""
 
-    def __init__(self, db: Database, *, tick: float = 1.0) -> None:
+    def __init__(self, db: Database, *, tick: float = 1.0, api: ApiReporter | None = None) -> None:
         self.db = db
         self.tick = tick
+        self.api = api
         self._seen: dict[str, int] = {}
         self._pruned = 0.0
+        self._api_slot: int | None = None
+        self._api_counted = (0, 0)
+        self._api_finished: int | None = None
+
+    async def api_due(self, now: float | None = None) -> bool | None:
+        """Report this process's view of the API slot that just ended, and record the result
+        of the last slot whose grace has passed (once across processes)."""
+        now = time.time() if now is None else now
+        slot = int(now // API_EVERY)
+        if self.api is not None:
+            if self._api_slot is None:
+                self._api_slot, self._api_counted = slot, self.api.answered()
+            elif slot > self._api_slot:
+                ended, before = self._api_slot, self._api_counted
+                self._api_slot, self._api_counted = slot, self.api.answered()
+                ready = await self.api.ready()
+                await report_api_slot(
+                    self.db,
+                    slot_start(ended),
+                    ready=ready,
+                    requests=self._api_counted[0] - before[0],
+                    errors=self._api_counted[1] - before[1],
+                )
+        finished = int((now - API_GRACE) // API_EVERY) - 1
+        if finished == self._api_finished:
+            return None
+        self._api_finished = finished
+        shown = public_of(Public(API_NAME), settings_for(API), API_NAME)
+        return await finish_api_slot(
+            self.db,
+            slot_start(finished),
+            title=shown.name if shown else API_NAME,
+            now=datetime.fromtimestamp(now, UTC),
+        )
 
     async def enqueue_due(self, now: float | None = None) -> int:
         """Enqueue the probes whose slot has started and is not enqueued yet."""
@@ -137,5 +283,9 @@ class Monitor:
                 await self.enqueue_due()
             except Exception as exc:  # noqa: BLE001 - the database may be down a while
                 _logger.warning("enqueueing probes failed", error=str(exc))
+            try:
+                await self.api_due()
+            except Exception as exc:  # noqa: BLE001 - the database may be down a while
+                _logger.warning("recording the API's state failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.tick)

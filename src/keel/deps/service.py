@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,6 +19,7 @@ from keel.audit.service import record
 from keel.core.errors import NotFound, ValidationFailed
 from keel.core.ids import new_id
 from keel.deps.models import (
+    ApiSlot,
     ComponentState,
     Incident,
     IncidentUpdate,
@@ -39,7 +41,9 @@ __all__ = [
     "prune",
     "record_probe",
     "resolve_incident",
+    "sla",
     "uptime",
+    "window_start",
 ]
 
 IMPACTS = ("none", "minor", "major", "critical")
@@ -344,6 +348,7 @@ async def prune(session: AsyncSession, *, now: datetime | None = None) -> None:
     now = now or datetime.now(UTC)
     # unscoped: monitor data is deployment-wide.
     await session.execute(delete(ProbeResult).where(ProbeResult.at < now - RAW_RETENTION))
+    await session.execute(delete(ApiSlot).where(ApiSlot.start < now - RAW_RETENTION))
     for period, keep in ROLLUP_RETENTION.items():
         await session.execute(
             delete(ProbeRollup).where(ProbeRollup.period == period, ProbeRollup.start < now - keep)
@@ -382,15 +387,37 @@ async def uptime(
     return Uptime(sum(b.good for _, b in bars), sum(b.total for _, b in bars)), bars
 
 
+def window_start(now: datetime, count: int, period: str = "day") -> datetime:
+    """The start of a window of `count` whole periods ending with the current one (today, or
+    this hour, included)."""
+    return period_start(now, period) - PERIODS[period] * (count - 1)
+
+
 def budget_left(up: Uptime, target: float) -> float | None:
-    """The share (0-1) of the error budget left at `target` percent, None with no data."""
+    """The share (0-1) of the error budget left at `target` percent, None with no data:
+    `total * (100 - target) / 100` failed probes are allowed (exact decimal arithmetic)."""
     if up.total == 0:
         return None
-    allowed = up.total * (100.0 - target) / 100.0
+    allowed = Decimal(up.total) * (100 - Decimal(str(target))) / 100
     failed = up.total - up.good
     if allowed <= 0:
         return 0.0 if failed else 1.0
-    return max(0.0, 1.0 - failed / allowed)
+    return float(max(Decimal(0), 1 - failed / allowed).quantize(Decimal("0.0001")))
+
+
+def sla(up: Uptime, target: float, window_days: int) -> dict[str, Any]:
+    """An SLA line: the target, its window, what was achieved, whether it is met and the
+    error budget left (None for all three without probes)."""
+    met = None
+    if up.total:
+        met = Decimal(up.good) * 100 >= Decimal(str(target)) * up.total
+    return {
+        "target": target,
+        "window_days": window_days,
+        "achieved": up.percent,
+        "met": met,
+        "budget_left": budget_left(up, target),
+    }
 
 
 async def open_incidents(session: AsyncSession) -> Sequence[Incident]:

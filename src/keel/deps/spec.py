@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from pydantic import ValidationError
+
+from keel.core.config import DependencySettings
 
 __all__ = [
     "Breaker",
@@ -20,6 +25,10 @@ __all__ = [
     "declared",
     "dependency",
     "forget",
+    "public_of",
+    "settings_for",
+    "settings_key",
+    "use_settings",
 ]
 
 _NAME = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
@@ -144,21 +153,132 @@ class Dependency:
 
 
 _DECLARED: dict[str, Dependency] = {}
+"""Each dependency as it is in effect: code's declaration with the deployment's settings."""
+_CODE: dict[str, Dependency] = {}
+"""Each dependency as code declared it (the settings are applied on top, again when they change)."""
+_FROM_SETTINGS: set[str] = set()
+"""Dependencies only the settings declare."""
+_SETTINGS: Mapping[str, DependencySettings] | None = None
+"""The deployment's `deps` settings once a kernel applied its configuration; until then each
+declaration reads its own `KEEL_DEPS__<NAME>__…` variables."""
 
 
-def _env_overrides(dep: Dependency) -> Dependency:
-    """`KEEL_DEPS__<NAME>__BASE_URL` and `…__PROBE_EVERY` override what code declared, so one
-    build runs against each deployment's upstream."""
-    prefix = "KEEL_DEPS__" + re.sub(r"[^A-Z0-9]", "_", dep.name.upper()) + "__"
-    changes: dict[str, Any] = {}
-    if base_url := os.environ.get(prefix + "BASE_URL"):
-        changes["base_url"] = base_url
-    if every := os.environ.get(prefix + "PROBE_EVERY"):
-        try:
-            changes["probe_every"] = float(every)
-        except ValueError:
-            raise ValueError(f"{prefix}PROBE_EVERY must be a number of seconds") from None
-    return replace(dep, **changes) if changes else dep
+def settings_key(name: str) -> str:
+    """The configuration key of a dependency or component (`image-gen` → `image_gen`)."""
+    return re.sub(r"[^a-z0-9]", "_", name.lower())
+
+
+def _environment_settings(name: str) -> DependencySettings | None:
+    """`KEEL_DEPS__<NAME>__<FIELD>[__<FIELD>]` variables of one dependency, validated."""
+    prefix = f"KEEL_DEPS__{settings_key(name).upper()}__"
+    data: dict[str, Any] = {}
+    for variable, value in os.environ.items():
+        if not variable.upper().startswith(prefix):
+            continue
+        *groups, last = variable[len(prefix) :].lower().split("__")
+        node = data
+        for group in groups:
+            node = node.setdefault(group, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{variable} conflicts with another KEEL_DEPS variable")
+        node[last] = value
+    if not data:
+        return None
+    try:
+        return DependencySettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "__".join(str(part).upper() for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{prefix}{where}: {message}") from None
+
+
+def settings_for(name: str) -> DependencySettings | None:
+    """The deployment's settings of `name`, if any."""
+    if _SETTINGS is None:
+        return _environment_settings(name)
+    return _SETTINGS.get(settings_key(name))
+
+
+def _merged(current: Any, group: Any) -> Any:
+    if group is None:
+        return current
+    changes = group.model_dump(exclude_none=True)
+    return replace(current, **changes) if changes else current
+
+
+def public_of(
+    current: Public | None, settings: DependencySettings | None, default_name: str
+) -> Public | None:
+    """How a component shows on the status page once `settings` apply to `current`."""
+    if settings is None:
+        return current
+    shown = settings.public if settings.public is not None else current is not None
+    if not shown:
+        return None
+    base = current or Public(default_name)
+    return Public(
+        settings.public_name or base.name,
+        target=settings.sla_target if settings.sla_target is not None else base.target,
+        window_days=settings.sla_window_days or base.window_days,
+    )
+
+
+def _apply(dep: Dependency, settings: DependencySettings | None) -> Dependency:
+    """`dep` with the deployment's `settings` applied (ValueError naming the field)."""
+    if settings is None:
+        return dep
+    where = f"deps.{settings_key(dep.name)}"
+    try:
+        probe = dep.probe
+        if settings.probe is not None:
+            probe = _merged(probe or Probe(), settings.probe)
+        changed = replace(
+            dep,
+            base_url=(settings.base_url or dep.base_url).rstrip("/"),
+            probe_every=settings.probe_every or dep.probe_every,
+            timeouts=_merged(dep.timeouts, settings.timeouts),
+            retry=_merged(dep.retry, settings.retry),
+            breaker=_merged(dep.breaker, settings.breaker),
+            concurrency=_merged(dep.concurrency, settings.concurrency),
+            probe=probe,
+            public=public_of(dep.public, settings, dep.name),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if not changed.base_url.startswith(("http://", "https://")):
+        raise ValueError(f"{where}.base_url must start with http:// or https://")
+    return changed
+
+
+def use_settings(settings: Mapping[str, DependencySettings] | None) -> None:
+    """Apply a deployment's `deps` settings to every declaration, now and later (None: back
+    to each declaration's own environment variables). Names only the settings know are
+    declared when they give a base URL. Raises ValueError naming the first bad field."""
+    global _SETTINGS  # noqa: PLW0603 - one deployment configuration per process
+    previous = _SETTINGS
+    _SETTINGS = None if settings is None else dict(settings)
+    try:
+        effective = {name: _apply(dep, settings_for(name)) for name, dep in _CODE.items()}
+        known = {settings_key(name) for name in _CODE}
+        extra = {}
+        for key, found in (_SETTINGS or {}).items():
+            if key in known or key.startswith("keel_"):
+                continue
+            if found.base_url is None:
+                raise ValueError(
+                    f"deps.{key}: no dependency {key!r} is declared in code, so it needs a base_url"
+                )
+            extra[key] = _apply(Dependency(name=key, base_url=found.base_url), found)
+    except ValueError:
+        _SETTINGS = previous
+        raise
+    for name in _FROM_SETTINGS - set(extra):
+        _DECLARED.pop(name, None)
+    _FROM_SETTINGS.clear()
+    _FROM_SETTINGS.update(extra)
+    _DECLARED.update(effective)
+    _DECLARED.update(extra)
 
 
 def declare(
@@ -183,19 +303,20 @@ def declare(
         raise ValueError(f"base_url of {name!r} must start with http:// or https://")
     if not probe_every >= 1:
         raise ValueError(f"probe_every of {name!r} must be at least 1 second")
-    dep = _env_overrides(
-        Dependency(
-            name=name,
-            base_url=base_url.rstrip("/"),
-            timeouts=timeouts or Timeouts(),
-            retry=retry or Retry(),
-            breaker=breaker or Breaker(),
-            concurrency=concurrency or Bulkhead(),
-            probe=probe,
-            probe_every=probe_every,
-            public=public,
-        )
+    code = Dependency(
+        name=name,
+        base_url=base_url.rstrip("/"),
+        timeouts=timeouts or Timeouts(),
+        retry=retry or Retry(),
+        breaker=breaker or Breaker(),
+        concurrency=concurrency or Bulkhead(),
+        probe=probe,
+        probe_every=probe_every,
+        public=public,
     )
+    dep = _apply(code, settings_for(name))
+    _CODE[name] = code
+    _FROM_SETTINGS.discard(name)
     _DECLARED[name] = dep
     return dep
 
@@ -217,3 +338,5 @@ def declared() -> dict[str, Dependency]:
 def forget(name: str) -> None:
     """Remove a declaration (tests)."""
     _DECLARED.pop(name, None)
+    _CODE.pop(name, None)
+    _FROM_SETTINGS.discard(name)

@@ -16,27 +16,24 @@ from sqlalchemy import select
 from keel.core.database import Database
 from keel.core.guards import public
 from keel.deps.models import ComponentState, Incident, Maintenance
-from keel.deps.monitor import OWN_COMPONENTS, OWN_EVERY
+from keel.deps.monitor import API, API_EVERY, API_NAME, OWN_COMPONENTS, OWN_EVERY
 from keel.deps.service import (
     as_dict,
-    budget_left,
     open_incidents,
+    sla,
     timelines,
     uptime,
     window_active,
+    window_start,
 )
-from keel.deps.spec import declared
+from keel.deps.spec import Public, declared, public_of, settings_for
 
 __all__ = ["CACHE_SECONDS", "status_data", "status_router"]
 
 CACHE_SECONDS = 10.0
 """The page is computed at most this often per process, whatever the traffic."""
-WINDOWS = {
-    "24h": (timedelta(hours=24), "hour"),
-    "7d": (timedelta(days=7), "day"),
-    "30d": (timedelta(days=30), "day"),
-    "90d": (timedelta(days=90), "day"),
-}
+WINDOWS = {"24h": (24, "hour"), "7d": (7, "day"), "30d": (30, "day"), "90d": (90, "day")}
+"""Each uptime figure: that many whole hours or UTC days, the current one included."""
 HISTORY = timedelta(days=14)
 
 _templates = Environment(
@@ -48,23 +45,28 @@ _templates = Environment(
 
 
 def _components() -> list[dict[str, Any]]:
-    """(component key, display name, SLA target, SLA window days, probe interval)."""
-    shown = [
-        {"key": key, "name": name, "target": 99.9, "window_days": 30, "every": OWN_EVERY}
-        for key, name in OWN_COMPONENTS.items()
-    ]
+    """Every component shown: key, display name, SLA target and window, probe interval."""
+    own = {API: (API_NAME, API_EVERY)} | {
+        key: (name, OWN_EVERY) for key, name in OWN_COMPONENTS.items()
+    }
+    found: list[tuple[str, Public, float]] = []
+    for key, (name, every) in own.items():
+        shown = public_of(Public(name), settings_for(key), name)
+        if shown is not None:
+            found.append((key, shown, every))
     for name, dep in sorted(declared().items()):
         if dep.public is not None and dep.probe is not None:
-            shown.append(
-                {
-                    "key": name,
-                    "name": dep.public.name,
-                    "target": dep.public.target,
-                    "window_days": dep.public.window_days,
-                    "every": dep.probe_every,
-                }
-            )
-    return shown
+            found.append((name, dep.public, dep.probe_every))
+    return [
+        {
+            "key": key,
+            "name": shown.name,
+            "target": shown.target,
+            "window_days": shown.window_days,
+            "every": every,
+        }
+        for key, shown, every in found
+    ]
 
 
 async def status_data(db: Database, *, now: datetime | None = None) -> dict[str, Any]:
@@ -119,9 +121,9 @@ async def status_data(db: Database, *, now: datetime | None = None) -> dict[str,
                 current = "operational" if state.last_ok else "degraded"
             uptimes: dict[str, Any] = {}
             per_window: dict[str, Any] = {}
-            for label, (span, period) in WINDOWS.items():
+            for label, (count, period) in WINDOWS.items():
                 total, per_window[label] = await uptime(
-                    session, key, since=now - span, period=period
+                    session, key, since=window_start(now, count, period), period=period
                 )
                 uptimes[label] = total.percent
             # One bar per day of the last 90; a day without probes has no figure.
@@ -134,7 +136,7 @@ async def status_data(db: Database, *, now: datetime | None = None) -> dict[str,
                     {"day": day.isoformat(), "percent": found.percent if found else None}
                 )
             sla_total, _ = await uptime(
-                session, key, since=now - timedelta(days=component["window_days"])
+                session, key, since=window_start(now, component["window_days"])
             )
             shown.append(
                 {
@@ -142,12 +144,7 @@ async def status_data(db: Database, *, now: datetime | None = None) -> dict[str,
                     "state": current,
                     "uptime": uptimes,
                     "bars": day_bars,
-                    "sla": {
-                        "target": component["target"],
-                        "window_days": component["window_days"],
-                        "uptime": sla_total.percent,
-                        "budget_left": budget_left(sla_total, component["target"]),
-                    },
+                    "sla": sla(sla_total, component["target"], component["window_days"]),
                 }
             )
     names = {c["key"]: c["name"] for c in components}

@@ -18,13 +18,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.database import Database
 from keel.jobs.models import CronSlot
 from keel.jobs.registry import get_spec, job
 from keel.jobs.service import enqueue
 
-__all__ = ["Schedule", "cron", "enqueue_due", "enqueue_once", "schedule", "schedules"]
+__all__ = ["Schedule", "claim_slot", "cron", "enqueue_due", "enqueue_once", "schedule", "schedules"]
 
 SLOT_RETENTION = timedelta(days=35)
 
@@ -125,6 +126,22 @@ async def enqueue_once(
                 row.job_id = created.id
     except IntegrityError:
         return False  # another scheduler enqueued this slot
+    return True
+
+
+async def claim_slot(
+    session: AsyncSession, name: str, slot: datetime, *, now: datetime | None = None
+) -> bool:
+    """Claim `(name, slot)` in the slot table inside the caller's transaction: exactly one
+    claim of a slot commits, however many processes try. Returns whether this one won (the
+    caller's transaction goes on either way)."""
+    try:
+        async with session.begin_nested():
+            session.add(
+                CronSlot(name=name, slot=slot, job_id="", created_at=now or datetime.now(UTC))
+            )
+    except IntegrityError:
+        return False
     return True
 
 

@@ -86,6 +86,18 @@ class HttpMetrics(Collector):
         series.count += 1
         series.total += seconds
 
+    def answered(self, *, skip: frozenset[str] = frozenset()) -> tuple[int, int]:
+        """Requests answered since the process started and how many of them were 5xx,
+        leaving out the route templates in `skip`."""
+        total = errors = 0
+        for (_method, route, status_class), series in list(self._series.items()):
+            if route in skip:
+                continue
+            total += series.count
+            if status_class == "5xx":
+                errors += series.count
+        return total, errors
+
     def describe(self) -> Iterable[Metric]:
         """No up-front description: the families are built at collection."""
         return ()

@@ -28,5 +28,6 @@ async def _fresh_deps() -> AsyncIterator[None]:
     await deps_client.configure()
     yield
     await deps_client.runtime().close()
+    spec.use_settings(None)  # a test's deployment settings do not outlive it
     for name in set(spec.declared()) - set(before):
         spec.forget(name)

@@ -59,7 +59,7 @@ def test_a_bad_environment_value_fails_the_declaration_naming_the_variable(
 ) -> None:
     """A negative timeout or an unknown field is refused with the variable's name."""
     monkeypatch.setenv("KEEL_DEPS__UP_STREAM__TIMEOUTS__READ", "-1")
-    with pytest.raises(ValueError, match="KEEL_DEPS__UP_STREAM__TIMEOUTS__READ: .*greater"):
+    with pytest.raises(ValueError, match=r"KEEL_DEPS__UP_STREAM__TIMEOUTS__READ: .*greater"):
         _declare_up()
     monkeypatch.delenv("KEEL_DEPS__UP_STREAM__TIMEOUTS__READ")
     monkeypatch.setenv("KEEL_DEPS__UP_STREAM__TIMEOUT", "3")

@@ -67,6 +67,7 @@ async def _stop(keel: Keel) -> None:
 def deps_module() -> KeelModule:
     """Deps' contributions: `/api/v1/dependencies`, incidents, maintenance and `/status`."""
     from keel.deps.api import dependencies_router
+    from keel.deps.cli import deps_cli
     from keel.deps.status import status_router
 
     return KeelModule(
@@ -75,4 +76,5 @@ def deps_module() -> KeelModule:
         on_startup=(_start,),
         on_shutdown=(_stop,),
         permissions=DEPS_PERMISSIONS,
+        cli=deps_cli,
     )

@@ -35,6 +35,7 @@ __all__ = [
     "check",
     "finish_api_slot",
     "probe",
+    "probe_now",
     "report_api_slot",
 ]
 
@@ -86,10 +87,12 @@ async def check(dep: Dependency) -> tuple[bool, float | None, str]:
     return True, ms, "ok"
 
 
-@job(PROBE_KIND, queue="default", max_attempts=1, timeout=120)
-async def probe(ctx: JobContext, name: str) -> dict[str, Any]:
-    """Probe one component and record the result."""
-    db = ctx.db
+async def probe_now(db: Database, name: str) -> dict[str, Any]:
+    """Probe the component `name` now and record the result like a scheduled probe: it
+    counts in uptime and may open or resolve the automatic incident. `keel.workers` is good
+    by running at all (call it from a job); `keel.api` is not probed (see `finish_api_slot`)."""
+    if name == API:
+        raise ValueError(f"{API} is judged by the serving processes and is not probed")
     if name in OWN_COMPONENTS:
         ok, ms, detail = True, None, "ok"
         if name == "keel.database":
@@ -108,7 +111,7 @@ async def probe(ctx: JobContext, name: str) -> dict[str, Any]:
         title = dep.public.name if dep.public else name
         failures, recoveries = spec.failures, spec.recoveries
     async with db.transaction() as session:
-        await record_probe(
+        opened = await record_probe(
             session,
             name,
             ok=ok,
@@ -118,7 +121,20 @@ async def probe(ctx: JobContext, name: str) -> dict[str, Any]:
             successes_to_close=recoveries,
             title=title,
         )
-    return {"ok": ok, "ms": ms}
+    return {
+        "name": name,
+        "ok": ok,
+        "ms": ms,
+        "detail": detail,
+        "opened_incident": opened.id if opened else None,
+    }
+
+
+@job(PROBE_KIND, queue="default", max_attempts=1, timeout=120)
+async def probe(ctx: JobContext, name: str) -> dict[str, Any]:
+    """Probe one component and record the result."""
+    result = await probe_now(ctx.db, name)
+    return {"ok": result["ok"], "ms": result["ms"]}
 
 
 # --- the API component ---------------------------------------------------------------------

@@ -213,7 +213,11 @@ def public_of(
     """How a component shows on the status page once `settings` apply to `current`."""
     if settings is None:
         return current
-    shown = settings.public if settings.public is not None else current is not None
+    shown = (
+        settings.public
+        if settings.public is not None
+        else current is not None or settings.public_name is not None
+    )
     if not shown:
         return None
     base = current or Public(default_name)

@@ -149,3 +149,14 @@ async def test_a_kernel_applies_its_settings_at_start_and_refuses_bad_ones(
     with pytest.raises(StartupError, match=r"deps\.ghost"):
         async with LifespanManager(bad):
             pass
+
+
+def test_settings_of_keel_components_are_limited_to_how_they_show() -> None:
+    """Keel's own components take only public, public_name and the SLA; another field or an
+    unknown keel_ name is refused naming it."""
+    spec.use_settings({"keel_api": DependencySettings(sla_target=99.0, public=True)})
+    with pytest.raises(ValueError, match=r"deps\.keel_api\.base_url: Keel's own components"):
+        spec.use_settings({"keel_api": DependencySettings(base_url="http://x.example")})
+    with pytest.raises(ValueError, match=r"deps\.keel_apii: Keel's own components are keel_api"):
+        spec.use_settings({"keel_apii": DependencySettings(sla_target=99.0)})
+    assert spec.settings_for("keel.api") == DependencySettings(sla_target=99.0, public=True)

@@ -61,7 +61,8 @@ async def _stop(keel: Keel) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=5)
     await runtime().close()
-    use_settings(None)  # declarations made after this kernel read their own variables again
+    with contextlib.suppress(ValueError):  # a bad variable was reported when it was read
+        use_settings(None)  # declarations made after this kernel read their variables again
 
 
 def deps_module() -> KeelModule:

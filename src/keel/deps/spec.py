@@ -163,6 +163,11 @@ _SETTINGS: Mapping[str, DependencySettings] | None = None
 declaration reads its own `KEEL_DEPS__<NAME>__…` variables."""
 
 
+OWN_KEYS = frozenset({"keel_api", "keel_database", "keel_workers"})
+"""Settings keys of Keel's own components (`keel.api`, `keel.database`, `keel.workers`)."""
+OWN_FIELDS = frozenset({"public", "public_name", "sla_target", "sla_window_days"})
+
+
 def settings_key(name: str) -> str:
     """The configuration key of a dependency or component (`image-gen` → `image_gen`)."""
     return re.sub(r"[^a-z0-9]", "_", name.lower())
@@ -267,7 +272,19 @@ def use_settings(settings: Mapping[str, DependencySettings] | None) -> None:
         known = {settings_key(name) for name in _CODE}
         extra = {}
         for key, found in (_SETTINGS or {}).items():
-            if key in known or key.startswith("keel_"):
+            if key in OWN_KEYS:
+                extra_fields = found.model_fields_set - OWN_FIELDS
+                if extra_fields:
+                    raise ValueError(
+                        f"deps.{key}.{sorted(extra_fields)[0]}: Keel's own components take only"
+                        f" {', '.join(sorted(OWN_FIELDS))}"
+                    )
+                continue
+            if key.startswith("keel_"):
+                raise ValueError(
+                    f"deps.{key}: Keel's own components are {', '.join(sorted(OWN_KEYS))}"
+                )
+            if key in known:
                 continue
             if found.base_url is None:
                 raise ValueError(

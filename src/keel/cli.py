@@ -186,14 +186,17 @@ async def _preflight(config: Config) -> None:
     from keel.core.database import Database
     from keel.core.keyring import load_master_key
     from keel.core.migrate import prepare
+    from keel.deps.spec import apply_configuration
 
     if config.dialect == "postgresql":
         load_master_key(config)  # raises a one-line StartupError with its hint
     db = Database(config)
     try:
+        # _locations() imports the modules, so dependencies declared in code are known.
         await prepare(db, auto_migrate=config.should_auto_migrate, locations=_locations())
     finally:
         await db.dispose()
+    apply_configuration(config.deps)  # a bad `deps` setting stops here, in one line
 
 
 async def _first_setup_link(config: Config, base_url: str) -> str | None:

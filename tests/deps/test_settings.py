@@ -160,3 +160,16 @@ def test_settings_of_keel_components_are_limited_to_how_they_show() -> None:
     with pytest.raises(ValueError, match=r"deps\.keel_apii: Keel's own components are keel_api"):
         spec.use_settings({"keel_apii": DependencySettings(sla_target=99.0)})
     assert spec.settings_for("keel.api") == DependencySettings(sla_target=99.0, public=True)
+
+
+async def test_serve_checks_the_settings_before_binding(
+    make_config: Callable[..., Config],
+) -> None:
+    """`keel serve`'s preflight refuses settings naming an undeclared dependency without a
+    base URL as a one-line StartupError, before any port is bound."""
+    from keel.cli import _preflight
+
+    with pytest.raises(StartupError, match=r"deps\.ghost: no dependency 'ghost'") as caught:
+        await _preflight(make_config(deps={"ghost": {"sla_target": 99}}))
+    assert "\n" not in caught.value.detail and caught.value.hint
+    await _preflight(make_config(deps={"keel_api": {"sla_target": 99}}))

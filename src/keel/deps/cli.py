@@ -44,17 +44,13 @@ IncidentId = Annotated[str, typer.Argument(help="The incident's id (`keel deps i
 
 def _config(data_dir: Any) -> Config:
     """The configuration, with its `deps` settings applied to the declarations."""
-    from keel.deps.spec import use_settings
+    from keel.deps.spec import apply_configuration
 
     config = load_config(data_dir=data_dir)
     try:
-        use_settings(config.deps)
-    except ValueError as exc:
-        fail(
-            f"invalid configuration: {exc}",
-            hint="check the KEEL_DEPS__… variables (or the [deps] tables in keel.toml)",
-            code=2,
-        )
+        apply_configuration(config.deps)
+    except KeelError as exc:
+        fail(exc.detail, hint=exc.hint, code=2)
     return config
 
 

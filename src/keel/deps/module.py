@@ -23,19 +23,12 @@ DEPS_PERMISSIONS = (
 
 
 async def _start(keel: Keel) -> None:
-    from keel.core.errors import StartupError
     from keel.deps.client import configure
     from keel.deps.monitor import NOT_COUNTED, ApiReporter, Monitor
-    from keel.deps.spec import use_settings
+    from keel.deps.spec import apply_configuration
     from keel.observability.health import run_checks
 
-    try:
-        use_settings(keel.config.deps)
-    except ValueError as exc:
-        raise StartupError(
-            f"invalid configuration: {exc}",
-            hint="check the KEEL_DEPS__… variables (or the [deps] tables in keel.toml)",
-        ) from None
+    apply_configuration(keel.config.deps)
     await configure(redis=keel.redis, registry=keel.metrics_registry)
 
     async def ready() -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "Public",
     "Retry",
     "Timeouts",
+    "apply_configuration",
     "declare",
     "declared",
     "dependency",
@@ -361,3 +362,17 @@ def forget(name: str) -> None:
     _DECLARED.pop(name, None)
     _CODE.pop(name, None)
     _FROM_SETTINGS.discard(name)
+
+
+def apply_configuration(settings: Mapping[str, DependencySettings]) -> None:
+    """`use_settings` for a starting kernel or command: a bad setting is a StartupError
+    (one line naming the field, with a hint)."""
+    from keel.core.errors import StartupError
+
+    try:
+        use_settings(settings)
+    except ValueError as exc:
+        raise StartupError(
+            f"invalid configuration: {exc}",
+            hint="check the KEEL_DEPS__… variables (or the [deps] tables in keel.toml)",
+        ) from None

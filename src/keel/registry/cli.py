@@ -268,7 +268,7 @@ def publish(  # noqa: PLR0917 - typer takes options as parameters
         if validate and current.state == VersionState.DRAFT:
             checked = await service.validate(session, asset, version)
             if checked.problems:
-                return {"problems": checked.problems}
+                return {"invalid": checked.problems}
         return _record(
             version_data(
                 await service.publish(session, asset, version, reason=reason), content=False
@@ -276,11 +276,11 @@ def publish(  # noqa: PLR0917 - typer takes options as parameters
         )
 
     result = _go(data_dir, work)
-    if "problems" in result:
+    if "invalid" in result:
         from keel.core.clitools import fail
 
         fail(
-            f"version {version} is invalid: {'; '.join(result['problems'])}",
+            f"version {version} is invalid: {'; '.join(result['invalid'])}",
             hint="fix it in a new draft",
         )
     if as_json:

@@ -48,7 +48,9 @@ def _actor() -> str:
     who = current_actor()
     if who is None:
         return "system:unknown"
-    return f"{who.type}:{who.id}" if who.id else who.type
+    if who.type == "system" or not who.id:
+        return who.id or who.type  # a system actor's id already reads `system:<what>`
+    return f"{who.type}:{who.id}"
 
 
 def _now() -> datetime:

@@ -56,7 +56,7 @@ async def _publish_here(keel: Keel, name: str, sql: str) -> None:
                     session, "sql_query", name, tenant_id=None, lock=True
                 )
                 version = await service.add_draft(session, asset, {"sql": sql})
-            except Exception:  # noqa: BLE001 - first time: create it
+            except Exception:
                 asset, version = await service.create_asset(
                     session, "sql_query", name, {"sql": sql}, tenant_id=None
                 )

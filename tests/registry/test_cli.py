@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from keel import Config
 from keel.audit import bind_actor, reset_actor, system_actor
 from keel.cli import add_module_commands, app
-from keel import Config
 from keel.core.database import Database
 from keel.core.migrate import upgrade
 from keel.registry import service

@@ -19,6 +19,7 @@ from keel.registry.diff import structural_diff, text_diffs
 from keel.registry.kinds import get_kind, registered_kinds
 from keel.registry.models import Asset, Transition, Version
 from keel.registry.schemas import (
+    MAX_VERSION,
     NAME_PATTERN,
     ArchiveIn,
     AssetIn,
@@ -62,6 +63,7 @@ Publisher = Annotated[Principal, Depends(_GUARDS["publish"])]
 Archiver = Annotated[Principal, Depends(_GUARDS["archive"])]
 Signed = Annotated[Principal, Depends(require_user)]
 NameParam = Annotated[str, Path(pattern=NAME_PATTERN)]
+VersionParam = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 TenantParam = Annotated[
     str | None,
     Query(max_length=36, description="Act in this tenant (deployment-level users only)"),
@@ -260,7 +262,7 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
         responses=problem_responses(401, 403, 404),
     )
     async def show_version(
-        kind: str, name: NameParam, version: int, actor: Reader, tenant: TenantParam = None
+        kind: str, name: NameParam, version: VersionParam, actor: Reader, tenant: TenantParam = None
     ) -> dict[str, Any]:
         async with keel.db.session() as session:
             asset = await find(session, actor, kind, name, tenant)
@@ -272,7 +274,7 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
         responses=problem_responses(401, 403, 404, 409),
     )
     async def validate(
-        kind: str, name: NameParam, version: int, actor: Writer, tenant: TenantParam = None
+        kind: str, name: NameParam, version: VersionParam, actor: Writer, tenant: TenantParam = None
     ) -> dict[str, Any]:
         async with keel.db.transaction() as session:
             asset = await find(session, actor, kind, name, tenant, lock=True)
@@ -286,7 +288,7 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
     async def publish(  # noqa: PLR0917 - path, body, guard and tenant
         kind: str,
         name: NameParam,
-        version: int,
+        version: VersionParam,
         actor: Publisher,
         body: PublishIn | None = None,
         tenant: TenantParam = None,
@@ -355,8 +357,8 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
         kind: str,
         name: NameParam,
         actor: Reader,
-        from_: Annotated[int, Query(alias="from", ge=1)],
-        to: Annotated[int, Query(ge=1)],
+        from_: Annotated[int, Query(alias="from", ge=1, le=MAX_VERSION)],
+        to: Annotated[int, Query(ge=1, le=MAX_VERSION)],
         tenant: TenantParam = None,
     ) -> dict[str, Any]:
         async with keel.db.session() as session:

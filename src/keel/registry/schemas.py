@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "MAX_VERSION",
     "NAME_PATTERN",
     "ArchiveIn",
     "AssetIn",
@@ -16,6 +17,8 @@ __all__ = [
     "RollbackIn",
 ]
 
+MAX_VERSION = 2**31 - 1
+"""Version numbers are 32-bit integers in the database."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 
 Reason = Field(default=None, max_length=2000, description="Why (kept in the history)")
@@ -42,6 +45,8 @@ class PublishIn(BaseModel):
     reason: str | None = Reason
     expected_head: int | None = Field(
         default=None,
+        ge=1,
+        le=MAX_VERSION,
         description="The published version number the client saw (null: none); when "
         "given and no longer true, the publish is refused with 409",
     )
@@ -50,7 +55,7 @@ class PublishIn(BaseModel):
 class RollbackIn(BaseModel):
     """Publish an earlier version's content as a new version."""
 
-    to: int = Field(ge=1, description="The formerly published version to restore")
+    to: int = Field(ge=1, le=MAX_VERSION, description="The formerly published version to restore")
     reason: str | None = Reason
 
 

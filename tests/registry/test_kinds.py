@@ -63,6 +63,9 @@ HOSTILE = [
     "VALUES (1)",
     "SELECT 1\x00",
     "SELEC 1",
+    "SELECT " + "(" * 60 + "1" + ")" * 60,
+    "SELECT " + "(" * 5000 + "1" + ")" * 5000,
+    "SELECT 1" + " " * 100_000,
 ]
 
 GOOD = [
@@ -103,6 +106,9 @@ def test_refusals_say_why() -> None:
         "DELETE is not allowed in a read-only query"
     ]
     assert check_select("SELECT 1; SELECT 2") == ["exactly one statement is allowed, found 2"]
+    assert check_select("SELECT " + "(" * 60 + "1" + ")" * 60) == [
+        "the query nests too deeply to be checked"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.core.errors import Forbidden, NotFound, Unauthenticated, problem_responses
@@ -127,14 +127,6 @@ async def _tenant(session: AsyncSession, actor: Principal, tenant: str | None) -
     return tenant
 
 
-async def _head(session: AsyncSession, asset: Asset) -> int | None:
-    if asset.head_id is None:
-        return None
-    # unscoped: the head of an asset found within the caller's tenant.
-    version = await session.get(Version, asset.head_id)
-    return None if version is None else version.number
-
-
 def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per route
     """Routes under /api/v1/registry."""
     router = APIRouter(prefix="/api/v1/registry", tags=["registry"])
@@ -182,7 +174,8 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
         async with keel.db.session() as session:
             scope = await _tenant(session, actor, tenant)
             query = (
-                tenant_scope(select(Asset), Asset, actor)
+                tenant_scope(cast("Select[Any]", select(Asset, Version.number)), Asset, actor)
+                .outerjoin(Version, Version.id == Asset.head_id)
                 .where(
                     Asset.kind == kind,
                     Asset.tenant_id.is_(None) if scope is None else Asset.tenant_id == scope,
@@ -194,9 +187,9 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
                 query = query.where(Asset.state == state)
             if cursor is not None:
                 query = query.where(Asset.name > cursor)
-            rows = list(await session.scalars(query))
-            items = [asset_data(row, await _head(session, row)) for row in rows]
-        return AssetPage(items=items, next_cursor=rows[-1].name if len(rows) == limit else None)
+            rows = list(await session.execute(query))
+        items = [asset_data(asset, number) for asset, number in rows]
+        return AssetPage(items=items, next_cursor=rows[-1][0].name if len(rows) == limit else None)
 
     @router.post(
         "/{kind}",

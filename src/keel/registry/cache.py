@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+import structlog
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
 
 from keel.core.database import Database
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from keel.app import Keel
 
 __all__ = ["Published", "PublishedCache", "cache_of", "published"]
+
+_logger = structlog.get_logger("keel.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +76,24 @@ class PublishedCache:
                 model = models.get(kind)
                 if model is None:
                     continue  # a kind this process does not register
+                try:
+                    data = model.model_validate(version.data)
+                except ValidationError as exc:
+                    # The kind's model changed incompatibly: serve the others, say which.
+                    _logger.warning(
+                        "published version no longer fits its kind; not served",
+                        kind=kind,
+                        name=name,
+                        version=version.number,
+                        error=str(exc)[:300],
+                    )
+                    continue
                 items[(kind, tenant_id, name)] = Published(
                     kind=kind,
                     name=name,
                     tenant_id=tenant_id,
                     version=version.number,
-                    data=model.model_validate(version.data),
+                    data=data,
                     published_at=version.published_at,
                 )
         self._items = items

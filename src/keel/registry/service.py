@@ -4,6 +4,7 @@ its audit event and its change notice in the caller's transaction."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -241,7 +242,8 @@ async def validate(session: AsyncSession, asset: Asset, number: int) -> Version:
             return version
         raise Conflict(f"version {number} is {version.state}; only drafts are validated")
     kind = get_kind(asset.kind)
-    problems = kind.problems(kind.parse(version.data))
+    # Validators are CPU work (parsing SQL takes up to a second): off the event loop.
+    problems = await asyncio.to_thread(kind.problems, kind.parse(version.data))
     version.problems = problems
     if not problems:
         version.state = VersionState.VALIDATED
@@ -375,7 +377,7 @@ async def rollback(
         )
     kind = get_kind(asset.kind)
     copy = await _new_version(session, kind, asset, source.data, note=reason, rollback_of=to)
-    problems = kind.problems(kind.parse(copy.data))
+    problems = await asyncio.to_thread(kind.problems, kind.parse(copy.data))
     if problems:
         raise ValidationFailed(
             f"version {to} no longer passes validation: {'; '.join(problems)}",

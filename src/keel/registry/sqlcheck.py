@@ -116,6 +116,8 @@ def _parse(sql: str) -> exp.Expr | str:
         statements = [s for s in sqlglot.parse(sql, read="postgres") if s is not None]
     except (ParseError, TokenError) as exc:
         return f"the query does not parse: {str(exc).splitlines()[0][:200]}"
+    except RecursionError:
+        return "the query nests too deeply to be checked"
     finally:
         logger.setLevel(level)
     if len(statements) != 1:
@@ -147,5 +149,8 @@ def check_select(sql: str) -> list[str]:
         return [root]
     if not isinstance(root, _ROOTS):
         return [f"only SELECT queries are allowed, not {root.key.upper()}"]
-    found = {_node_problem(node) for node in root.walk()}
+    try:
+        found = {_node_problem(node) for node in root.walk()}
+    except RecursionError:
+        return ["the query nests too deeply to be checked"]
     return sorted(problem for problem in found if problem is not None)

@@ -189,3 +189,31 @@ def test_structural_diff_paths() -> None:
             {"path": "/b/c/1", "before": 2, "after": 3},
         ],
     }
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("registry:sql_query:read", True),
+        ("registry:json_schema:publish", True),
+        ("jobs:read", True),
+        ("registry:_hidden:read", False),
+        ("registry_x:read", False),
+        ("Registry:sql_query:read", False),
+        ("registry:sql query:read", False),
+        ("registry", False),
+    ],
+)
+def test_permission_names_allow_underscores_only_after_the_resource(
+    name: str, accepted: bool
+) -> None:
+    """Kind names with `_` fit the permission pattern; the rest of it stays strict."""
+    from keel.core.errors import StartupError
+    from keel.core.modules import PermissionSpec
+    from keel.identity.access import Catalog
+
+    if accepted:
+        assert name in Catalog([PermissionSpec(name, "x")]).permissions
+    else:
+        with pytest.raises(StartupError):
+            Catalog([PermissionSpec(name, "x")])

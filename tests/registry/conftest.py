@@ -18,9 +18,18 @@ class Report(BaseModel):
     extra: list[Annotated[str, registry.Ref("sql_query")]] = []
 
 
+class Link(BaseModel):
+    """An asset that may name another of its own kind (test kind)."""
+
+    other: Annotated[str, registry.Ref("test_link")] | None = None
+
+
 def _no_shouting(report: Report) -> list[str]:
     return ["the title must not be all capitals"] if report.title.isupper() else []
 
 
-if "test_report" not in {kind.name for kind in registry.registered_kinds()}:
+_known = {kind.name for kind in registry.registered_kinds()}
+if "test_report" not in _known:
     registry.register_kind("test_report", Report, validators=[_no_shouting], text_fields=["title"])
+if "test_link" not in _known:
+    registry.register_kind("test_link", Link)

@@ -4,7 +4,9 @@ archive of the asset it references cannot both succeed."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from keel.audit import bind_actor, reset_actor, system_actor
@@ -115,3 +117,59 @@ async def test_an_archive_cannot_slip_between_a_publish_and_its_commit(org: Org)
     assert "test_report/r" in outcome
     assert await _published(org, "base") == [1]
     assert await _published(org, "r") == [1]
+
+
+async def _system(work: Any) -> Any:
+    token = bind_actor(system_actor("test"))
+    try:
+        return await work
+    finally:
+        reset_actor(token)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_mutual_references_published_at_once_one_gets_409(org: Org) -> None:
+    """A and B reference each other and are published at the same moment: each holds its
+    own row and waits for the other's; PostgreSQL aborts one, which answers 409 (not a
+    500), and the other is published."""
+    async with await org.as_user("owner@example.com") as http:
+        for name in ("a", "b"):
+            await create(http, "test_link", name, {})
+            await release(http, "test_link", name, 1)
+        await draft(http, "test_link", "a", {"other": "b"})
+        await draft(http, "test_link", "b", {"other": "a"})
+        for name in ("a", "b"):
+            ok(await http.post(f"{BASE}/test_link/{name}/versions/2/validate"))
+    locked = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def publish(name: str, other: str) -> str:
+        async def work() -> str:
+            try:
+                async with org.keel.db.transaction() as session:
+                    asset = await service.find_asset(
+                        session, "test_link", name, tenant_id=None, lock=True
+                    )
+                    locked[name].set()
+                    await locked[other].wait()
+                    await service.publish(session, asset, 2)
+                return "published"
+            except Conflict as exc:
+                return f"409 {exc.detail}"
+
+        return str(await _system(work()))
+
+    outcomes = sorted(await asyncio.gather(publish("a", "b"), publish("b", "a")))
+    assert outcomes[1] == "published"
+    assert outcomes[0].startswith("409 ") and "concurrently" in outcomes[0]
+
+
+async def test_an_asset_naming_itself_does_not_block_its_archive(org: Org) -> None:
+    """A self-reference is not a dependent: the archive goes through without force."""
+    async with await org.as_user("owner@example.com") as http:
+        await create(http, "test_link", "loop", {})
+        await release(http, "test_link", "loop", 1)
+        await draft(http, "test_link", "loop", {"other": "loop"})
+        await release(http, "test_link", "loop", 2)
+        assert ok(await http.get(f"{BASE}/test_link/loop/dependents")) == []
+        archived = ok(await http.post(f"{BASE}/test_link/loop/archive", json={}))
+    assert archived["state"] == "archived"

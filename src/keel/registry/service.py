@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.audit import current_actor, record
@@ -40,6 +40,8 @@ __all__ = [
     "validate",
     "versions",
 ]
+
+_DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
 
 TOPIC = "registry"
 """The change-notice topic every registry write announces."""
@@ -272,7 +274,17 @@ async def _check_references(session: AsyncSession, asset: Asset, version: Versio
             if asset.tenant_id is None
             else Asset.tenant_id == asset.tenant_id,
         )
-        target = await session.scalar(_locked(query, share=True))
+        try:
+            target = await session.scalar(_locked(query, share=True))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _DEADLOCK:
+                raise
+            # Two assets referencing each other, published at once: PostgreSQL aborted
+            # this one.
+            raise Conflict(
+                f"{ref.target_kind}/{ref.target_name} is being published concurrently",
+                hint="retry",
+            ) from None
         if target is None or target.state != AssetState.ACTIVE or target.head_id is None:
             missing.append(f"{ref.target_kind}/{ref.target_name}")
     if missing:
@@ -413,6 +425,7 @@ async def dependents(session: AsyncSession, asset: Asset) -> list[dict[str, Any]
         .where(
             Reference.target_kind == asset.kind,
             Reference.target_name == asset.name,
+            Asset.id != asset.id,  # an asset naming itself does not hold itself up
             Asset.state == AssetState.ACTIVE,
             Asset.tenant_id.is_(None)
             if asset.tenant_id is None

@@ -30,7 +30,7 @@ __all__ = ["registry_cli"]
 
 T = TypeVar("T")
 group = typer.Typer(
-    help="Versioned assets: list, show, versions, diff, publish, rollback, archive.",
+    help="Versioned assets: list, show, versions, history, diff, publish, rollback, archive.",
     no_args_is_help=True,
 )
 

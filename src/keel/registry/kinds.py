@@ -140,7 +140,7 @@ def get_kind(name: str) -> Kind:
     """The registered kind `name`, or `NotFound`."""
     kind = _KINDS.get(name)
     if kind is None:
-        raise NotFound(f"no asset kind {name!r}", hint="GET /api/v1/registry/kinds lists them")
+        raise NotFound(f"no asset kind {name!r}", hint=f"known kinds: {', '.join(sorted(_KINDS))}")
     return kind
 
 

@@ -83,8 +83,16 @@ def builtin_modules() -> list[KeelModule]:
     from keel.identity.module import identity_module
     from keel.jobs.module import jobs_module
     from keel.protection.module import protection_module
+    from keel.registry.module import registry_module
 
-    return [audit_module(), identity_module(), protection_module(), jobs_module(), deps_module()]
+    return [
+        audit_module(),
+        identity_module(),
+        protection_module(),
+        jobs_module(),
+        deps_module(),
+        registry_module(),
+    ]
 
 
 class Keel:

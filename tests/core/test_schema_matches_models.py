@@ -16,7 +16,8 @@ import keel.identity.models
 import keel.identity.sessions
 import keel.identity.setup
 import keel.identity.throttle
-import keel.jobs.models  # noqa: F401 - every table Keel defines
+import keel.jobs.models
+import keel.registry.models  # noqa: F401 - every table Keel defines
 from keel.core.database import Base, Database
 
 
@@ -34,7 +35,8 @@ def _differences(connection: Any) -> list[Any]:
         for diff in compare_metadata(context, Base.metadata)
         # Expression indexes are not reflected comparably; they are checked by name below.
         if not (
-            diff[0] in {"add_index", "remove_index"} and diff[1].name == "uq_keel_roles_scope_name"
+            diff[0] in {"add_index", "remove_index"}
+            and diff[1].name in {"uq_keel_roles_scope_name", "uq_keel_registry_assets_scope_name"}
         )
     ]
 

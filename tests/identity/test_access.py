@@ -119,6 +119,13 @@ async def _acme_resources(org: Org) -> dict[str, str]:
             )
     finally:
         reset_actor(token)
+    async with await org.as_user("admin-a@example.com") as http:
+        registry_asset = json_of(
+            await http.post(
+                "/api/v1/registry/sql_query",
+                json={"name": "acme-query", "data": {"sql": "SELECT 1"}},
+            )
+        )
     from keel.deps import service as deps_service
 
     async with org.keel.db.transaction() as session:
@@ -136,11 +143,27 @@ async def _acme_resources(org: Org) -> dict[str, str]:
         "key_id": key["key"]["id"],
         "share_id": share["share"]["id"],
         "session_id": session_id,
+        "kind": "sql_query",
+        "name": registry_asset["name"],
+        "version": "1",
     }
+
+
+# Path parameters that name a class of resources, not one resource: a route taking only
+# these is a list or a create, checked by the list sweep below, not by the 404 sweep.
+NOT_IDS = {"kind"}
+# A version number ("1") is not an identifier that could leak.
+NOT_SECRET = {"version"}
 
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/users/{user_id}"): {"display_name": "pwned"},
+    ("POST", "/api/v1/registry/{kind}/{name}/versions"): {"data": {"sql": "SELECT 2"}},
+    ("POST", "/api/v1/registry/{kind}/{name}/rollback"): {"to": 1},
+    ("POST", "/api/v1/registry/{kind}/{name}/archive"): {"force": True, "reason": "pwned"},
+}
+QUERIES: dict[tuple[str, str], str] = {
+    ("GET", "/api/v1/registry/{kind}/{name}/diff"): "?from=1&to=1",
 }
 
 
@@ -154,22 +177,31 @@ async def test_another_tenants_resources_are_404_on_every_route(org: Org) -> Non
             if "{" not in route.path:
                 continue
             params = re.findall(r"{(\w+)}", route.path)
+            if set(params) <= NOT_IDS:
+                continue
             unknown = [name for name in params if name not in acme]
             assert not unknown, f"{route.path}: add an acme resource for {unknown} to this test"
             url = route.path.format(**{name: acme[name] for name in params})
             for method in route.methods:
                 body = BODIES.get((method, route.path), {})
                 response = await http.request(
-                    method, url, json=body if method in {"POST", "PATCH", "PUT"} else None
+                    method,
+                    url + QUERIES.get((method, route.path), ""),
+                    json=body if method in {"POST", "PATCH", "PUT"} else None,
                 )
                 assert response.status_code == 404, (method, route.path, response.text)
                 checked += 1
         for route in api_routes(org.app):
-            if "GET" in route.methods and "{" not in route.path:
+            params = re.findall(r"{(\w+)}", route.path)
+            if "GET" in route.methods and set(params) <= NOT_IDS:
                 if not route.path.startswith("/api/v1/"):
                     continue
-                text = (await http.get(route.path)).text
-                leaked = [name for name, value in acme.items() if value in text]
+                text = (await http.get(route.path.format(**acme))).text
+                leaked = [
+                    name
+                    for name, value in acme.items()
+                    if value in text and name not in NOT_IDS | NOT_SECRET
+                ]
                 # The tenant list shows bolt only; acme's id must not appear anywhere.
                 assert leaked == [], (route.path, leaked)
     assert checked >= 10
@@ -178,6 +210,8 @@ async def test_another_tenants_resources_are_404_on_every_route(org: Org) -> Non
         viewer = json_of(await http.get(f"/api/v1/users/{acme['user_id']}"))
         assert viewer["display_name"] != "pwned" and viewer["status"] == "active"
         assert json_of(await http.get(f"/api/v1/api-keys/{acme['key_id']}"))["revoked_at"] is None
+        asset = json_of(await http.get(f"/api/v1/registry/sql_query/{acme['name']}"))
+        assert asset["state"] == "active" and asset["latest_version"] == 1
 
 
 # --- the static check: tenant-scoped queries go through tenant_scope ---------------------------

@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 BUILTIN_ROLES = ("owner", "admin", "operator", "viewer")
-_PERMISSION = re.compile(r"[a-z][a-z0-9-]*(:[a-z0-9-]+)+")
+# Segments after the first may hold `_` (registry kinds: `registry:sql_query:read`).
+_PERMISSION = re.compile(r"[a-z][a-z0-9-]*(:[a-z0-9][a-z0-9_-]*)+")
 
 IDENTITY_PERMISSIONS = (
     PermissionSpec("users:read", "See users, their roles and lockouts", ("admin", "operator")),

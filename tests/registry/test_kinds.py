@@ -1,0 +1,239 @@
+"""Kinds: the sql_query check refuses anything but one read-only SELECT (hostile inputs
+included) and accepts ordinary queries; the json_schema check; Ref fields; registration."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pytest
+from pydantic import BaseModel
+
+from keel.core.errors import NotFound, ValidationFailed
+from keel.registry import Kind, Ref, check_select, get_kind, register_kind
+from keel.registry.diff import structural_diff
+from keel.registry.kinds import _KINDS
+from keel.registry.schemacheck import check_schema
+
+HOSTILE = [
+    "SELECT 1; DELETE FROM keel_users",
+    "SELECT 1 --\n; DROP TABLE keel_users",
+    "SELECT 1 /* /* */ ; DROP TABLE t; /* */",
+    "select 'a\\'; DELETE FROM t; --'",
+    "SELECT E'a\\'; DELETE FROM t; --'",
+    "DELETE FROM keel_users",
+    "INSERT INTO t VALUES (1)",
+    "UPDATE t SET a = 1",
+    "DROP TABLE t",
+    "CREATE TABLE t (a int)",
+    "ALTER TABLE t ADD COLUMN b int",
+    "TRUNCATE t",
+    "MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+    "COPY t TO '/tmp/x'",
+    "GRANT ALL ON t TO public",
+    "SET ROLE postgres",
+    "BEGIN",
+    "EXPLAIN ANALYZE DELETE FROM t",
+    "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+    "WITH u AS (UPDATE t SET a = 1 RETURNING a) SELECT a FROM u",
+    "WITH i AS (INSERT INTO t VALUES (1) RETURNING *) SELECT 1",
+    "SELECT * INTO copy_of_t FROM t",
+    "SELECT * FROM t FOR UPDATE",
+    "SELECT * FROM t FOR SHARE",
+    "SELECT * FROM t FOR NO KEY UPDATE",
+    "SELECT pg_sleep(10)",
+    "SELECT public.pg_sleep(10)",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT nextval('s')",
+    "SELECT setval('s', 1)",
+    "SELECT pg_terminate_backend(1)",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT lo_unlink(1)",
+    "SELECT dblink_exec('host=x', 'DROP TABLE t')",
+    "SELECT * FROM dblink('host=x', 'SELECT 1') AS t(a int)",
+    "SELECT query_to_xml('DELETE FROM t', true, true, '')",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT pg_advisory_lock(1)",
+    "SELECT a FROM t WHERE a IN (SELECT nextval('s'))",
+    'SELECT U&"\\0064" FROM t',
+    "SELECT U&'d\\0061t\\+000061' FROM t",
+    "SELECT /*! DROP TABLE t */ 1",
+    "",
+    "   ",
+    ";",
+    "VALUES (1)",
+    "SELECT 1\x00",
+    "SELEC 1",
+    'SELECT "pg_sleep"(1)',
+    "SELECT pg_catalog.pg_sleep(1)",
+    "SELECT * FROM pg_sleep(1)",
+    "SELECT (pg_sleep(1))::text",
+    "SELECT * FROM t WHERE EXISTS (SELECT set_config('a', 'b', true))",
+    "SELECT pg_notify('x', 'y')",
+    "SELECT * FROM (DELETE FROM t RETURNING *) AS d",
+    "SELECT 1 UNION (DELETE FROM t RETURNING 1)",
+    "DO $$ BEGIN DELETE FROM t; END $$",
+    "CALL p()",
+    "PREPARE x AS SELECT 1",
+    "LISTEN x",
+    "NOTIFY x",
+    "REFRESH MATERIALIZED VIEW v",
+    "VACUUM",
+    "SELECT " + "(" * 60 + "1" + ")" * 60,
+    "SELECT " + "(" * 5000 + "1" + ")" * 5000,
+    "SELECT 1" + " " * 100_000,
+]
+
+GOOD = [
+    "SELECT 1",
+    "SELECT 1;",
+    "select id, email from keel_users where tenant_id = :tenant order by id limit 10",
+    "SELECT a, count(*) FROM t GROUP BY a HAVING count(*) > 1",
+    "WITH recent AS (SELECT * FROM t WHERE at > now() - interval '1 day') SELECT * FROM recent",
+    "SELECT a FROM t UNION ALL SELECT b FROM u",
+    "SELECT a FROM t INTERSECT SELECT b FROM u",
+    "SELECT t.a, u.b FROM t JOIN u ON u.id = t.id LEFT JOIN v ON v.id = u.id",
+    "SELECT coalesce(a, 'x'), lower(b), date_trunc('day', at) FROM t",
+    "SELECT * FROM t WHERE note = 'DELETE FROM t; -- not code'",
+    "SELECT 1 /* ; DROP TABLE t */",
+    "SELECT row_number() OVER (PARTITION BY a ORDER BY b) FROM t",
+    "SELECT * FROM generate_series(1, 3)",
+    "(SELECT 1)",
+    "SELECT * FROM ONLY t",
+    "SELECT * FROM t WHERE a = ANY(ARRAY[1, 2])",
+    "SELECT current_setting('search_path')",
+    "SELECT pg_sleep FROM t",
+    "SELECT $$ ; DELETE FROM t; $$ AS text",
+]
+
+
+@pytest.mark.parametrize("sql", HOSTILE)
+def test_hostile_sql_is_refused(sql: str) -> None:
+    """Each statement that writes, locks, waits, reads files, hides a second statement or
+    is ambiguous to the parser is refused with a reason."""
+    assert check_select(sql) != []
+
+
+@pytest.mark.parametrize("sql", GOOD)
+def test_ordinary_selects_are_accepted(sql: str) -> None:
+    """Read-only queries with joins, CTEs, set operations and windows pass."""
+    assert check_select(sql) == []
+
+
+def test_refusals_say_why() -> None:
+    """The problems name the cause, not just 'invalid'."""
+    assert check_select("SELECT pg_sleep(1)") == ["the function pg_sleep() has side effects"]
+    assert check_select("WITH d AS (DELETE FROM t RETURNING *) SELECT 1") == [
+        "DELETE is not allowed in a read-only query"
+    ]
+    assert check_select("SELECT 1; SELECT 2") == ["exactly one statement is allowed, found 2"]
+    assert check_select("SELECT " + "(" * 60 + "1" + ")" * 60) == [
+        "the query nests too deeply to be checked"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}, []),
+        ({"type": "array", "items": {"enum": ["x", "y"]}}, []),
+        (True, []),
+        ({"type": "strng"}, ["/type: must be one of"]),
+        ({"properties": []}, ["/properties: must be an object"]),
+        ({"properties": {"a": {}}, "required": ["b"]}, ["/required: ['b'] are not declared"]),
+        ({"enum": []}, ["/enum: must be a non-empty list"]),
+        ({"enum": [1, 1]}, ["/enum: values must be distinct"]),
+        ({"items": {"type": 3}}, ["/items/type: must be one of"]),
+        ({"minLength": -1}, ["/minLength: must be a non-negative integer"]),
+        ({"minimum": 5, "maximum": 1}, ["/: minimum is greater than maximum"]),
+        ("nope", ["/: a schema must be an object or a boolean"]),
+    ],
+)
+def test_json_schema_structure(document: object, expected: list[str]) -> None:
+    """Well-formed UI schemas pass; each structural mistake is reported with its pointer."""
+    problems = check_schema(document)
+    assert len(problems) == len(expected), problems
+    for problem, start in zip(problems, expected, strict=True):
+        assert problem.startswith(start), problem
+
+
+def test_ref_fields_are_found_in_plain_and_list_annotations() -> None:
+    """`Annotated[str, Ref(...)]`, optional and list forms all declare references."""
+
+    class Page(BaseModel):
+        main: Annotated[str, Ref("sql_query")]
+        maybe: Annotated[str, Ref("json_schema")] | None = None
+        more: list[Annotated[str, Ref("sql_query")]] = []
+        plain: str = ""
+
+    kind = register_kind("test_page_refs", Page)
+    try:
+        _check_page_kind(kind, Page)
+    finally:
+        _KINDS.pop("test_page_refs")
+
+
+def _check_page_kind(kind: Kind, page: type[BaseModel]) -> None:
+    assert sorted(kind.refs) == [
+        ("main", "sql_query", False),
+        ("maybe", "json_schema", False),
+        ("more", "sql_query", True),
+    ]
+    content = kind.parse({"main": "a", "more": ["b", "a"], "maybe": "s"})
+    assert kind.references(content) == [
+        ("json_schema", "s"),
+        ("sql_query", "a"),
+        ("sql_query", "b"),
+    ]
+    with pytest.raises(ValueError, match="already registered"):
+        register_kind("test_page_refs", page)
+    with pytest.raises(ValueError, match="lower-case"):
+        register_kind("Bad-Name", page)
+    with pytest.raises(ValidationFailed) as caught:
+        kind.parse({"main": 3})
+    assert caught.value.errors and caught.value.errors[0]["pointer"] == "/data/main"
+    with pytest.raises(NotFound):
+        get_kind("no_such_kind")
+
+
+def test_structural_diff_paths() -> None:
+    """Added, removed and changed values are reported by JSON pointer, nested and in lists."""
+    diff = structural_diff(
+        {"a": 1, "b": {"c": [1, 2]}, "gone": True, "x/y": 1},
+        {"a": 2, "b": {"c": [1, 3, 4]}, "new": None, "x/y": 1},
+    )
+    assert diff == {
+        "added": [{"path": "/b/c/2", "value": 4}, {"path": "/new", "value": None}],
+        "removed": [{"path": "/gone", "value": True}],
+        "changed": [
+            {"path": "/a", "before": 1, "after": 2},
+            {"path": "/b/c/1", "before": 2, "after": 3},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("registry:sql_query:read", True),
+        ("registry:json_schema:publish", True),
+        ("jobs:read", True),
+        ("registry:_hidden:read", False),
+        ("registry_x:read", False),
+        ("Registry:sql_query:read", False),
+        ("registry:sql query:read", False),
+        ("registry", False),
+    ],
+)
+def test_permission_names_allow_underscores_only_after_the_resource(
+    name: str, accepted: bool
+) -> None:
+    """Kind names with `_` fit the permission pattern; the rest of it stays strict."""
+    from keel.core.errors import StartupError
+    from keel.core.modules import PermissionSpec
+    from keel.identity.access import Catalog
+
+    if accepted:
+        assert name in Catalog([PermissionSpec(name, "x")]).permissions
+    else:
+        with pytest.raises(StartupError):
+            Catalog([PermissionSpec(name, "x")])

@@ -2,8 +2,8 @@
 asset), references and the history of transitions
 
 Revision ID: 0015_registry
-Revises: 0013_deps_monitor
-Create Date: 2026-12-04 11:00:00
+Revises: 0014_deps_api_slots
+Create Date: 2026-12-04 17:10:00
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015_registry"
-down_revision: str | None = "0013_deps_monitor"
+down_revision: str | None = "0014_deps_api_slots"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

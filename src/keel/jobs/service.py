@@ -468,6 +468,20 @@ _PROGRESS_VALUES = {
 _PROGRESS = update(Job).where(_FENCED).values(**_PROGRESS_VALUES)
 
 
+def _id_order_lock(ids: Any) -> Any:
+    """Lock the jobs `ids` in id order (PostgreSQL; ignored on SQLite, whose writes are
+    serialised). A multi-row UPDATE locks rows in whatever order its plan visits them, so a
+    worker's heartbeat and completion writes over the same jobs could otherwise each hold a
+    row the other waits for; every multi-row write of a worker takes its locks through this
+    first, in one order, so that cannot happen."""
+    return select(Job.id).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+
+
+def _in_id_order(ids: Any) -> Any:
+    """`Job.id IN (ids)`, the rows locked in id order before any is written."""
+    return Job.id.in_(_id_order_lock(ids))
+
+
 @dataclass(frozen=True, slots=True)
 class Beat:
     """What a heartbeat learned."""
@@ -512,11 +526,12 @@ async def heartbeat_many(
     if not leases:
         return {}
     now = datetime.now(UTC)
-    held = sorted(leases, key=lambda item: item.job_id)  # lock order: see complete_many
+    held = sorted(leases, key=lambda item: item.job_id)
     async with db.write_connection() as connection:
         extended = await connection.execute(
             update(Job)
             .where(
+                _in_id_order([item.job_id for item in held]),
                 tuple_(Job.id, Job.attempt, Job.lease_token).in_(
                     [(item.job_id, item.attempt, item.token) for item in held]
                 ),
@@ -632,12 +647,11 @@ async def complete_many(
     # unscoped: a worker's fenced writes to the jobs it holds.
     if not finished:
         return set()
-    if connection is not None and not any(d.progress is not None or d.logs for d in finished):
+    fast = not any(d.progress is not None or d.logs for d in finished)
+    if connection is not None and db.dialect == "postgresql" and fast:
         return await _complete_postgres(connection, finished)
     now = datetime.now(UTC)
     plain, with_progress = [], []
-    # Rows are locked in id order by every multi-row write of a worker (heartbeats too), so
-    # two of its transactions can never wait on each other.
     finished = sorted(finished, key=lambda done: done.job_id)
     for done in finished:
         params = {
@@ -653,6 +667,10 @@ async def complete_many(
             params["b_done"], params["b_total"], params["b_message"] = done.progress
             with_progress.append(params)
     async with db.write_connection() as writer:
+        if db.dialect == "postgresql":
+            # Every row this batch writes, locked in id order before any is written (see
+            # `_in_id_order`): the statements below run row by row, in no such order.
+            await writer.execute(_id_order_lock([d.job_id for d in finished]))
         stored = 0
         for statement, rows in ((_COMPLETE, plain), (_COMPLETE_WITH_PROGRESS, with_progress)):
             if rows:
@@ -692,9 +710,11 @@ def _complete_statement_postgres() -> Any:
             func.unnest(bindparam("b_results", type_=ARRAY(Text))).label("result"),
         )
     ).subquery("finished")
+    locked = _id_order_lock(select(rows.c.id)).cte("locked")
     done = (
         update(Job)
         .where(
+            Job.id == locked.c.id,
             Job.id == rows.c.id,
             Job.attempt == rows.c.attempt,
             Job.lease_token == rows.c.token,
@@ -724,7 +744,7 @@ _COMPLETE_POSTGRES = _complete_statement_postgres()
 
 
 async def _complete_postgres(connection: AsyncConnection, finished: Sequence[Done]) -> set[str]:
-    ordered = sorted(finished, key=lambda done: done.job_id)  # lock order: see complete_many
+    ordered = sorted(finished, key=lambda done: done.job_id)
     stored = await connection.scalars(
         _COMPLETE_POSTGRES,
         {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -391,48 +392,38 @@ async def _running_rows(db: Database, ids: list[str]) -> list[Lease]:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-async def test_a_batch_write_takes_its_row_locks_in_id_order(migrated_db: Database) -> None:
-    """With the lowest job's row held by another transaction, a worker's heartbeat and its
-    completion batch (both paths) wait on that row before locking any other: every
-    multi-row write locks in id order, so two of them can never deadlock, whatever order
-    the rows lie in the table."""
+async def test_a_heartbeat_never_waits_for_a_row_lock(migrated_db: Database) -> None:
+    """While another transaction holds one job's row (the worker's own completion batch, an
+    operator's cancel), a heartbeat over all of them does not wait: it extends and writes the
+    others, reports the held one owned but unwritten, and writes it on the next beat, so it
+    can never deadlock with a completion batch over the same rows; a held row whose lease
+    was lost is reported lost."""
     db = migrated_db
-    ids = [f"lockorder-{n:03d}" for n in range(40)]
-    leases = await _running_rows(db, list(reversed(ids)))  # heap order: highest id first
-    keeper = _Dedicated(db)
-    writes = {
-        "heartbeat": lambda: heartbeat_many(db, leases, lease=LEASE),
-        "completion": lambda: complete_many(
-            db, [Done(item.job_id, 1, item.token, progress=(1, 1, None)) for item in leases]
-        ),
-        "kept completion": lambda: _complete_kept(db, keeper, leases),
-    }
-    try:
-        for name, write in writes.items():
-            async with db.engine.connect() as holder, db.engine.connect() as prober:
-                await holder.execute(
-                    select(Job.id).where(Job.id == ids[0]).with_for_update()
-                )  # the row the write must lock first
-                task = asyncio.create_task(write())
-                await asyncio.sleep(0.5)
-                assert not task.done(), name
-                others = await prober.execute(
-                    select(Job.id).where(Job.id.in_(ids[1:])).with_for_update(skip_locked=True)
-                )
-                assert len(others.all()) == len(ids) - 1, f"{name} locked rows out of order"
-                await prober.rollback()
-                await holder.rollback()
-                await asyncio.wait_for(task, timeout=10)
-    finally:
-        await keeper.close()
-
-
-async def _complete_kept(db: Database, keeper: _Dedicated, leases: list[Lease]) -> set[str]:
-    fenced = await complete_many(
-        db, [Done(item.job_id, 1, item.token) for item in leases], connection=await keeper.get()
-    )
-    await keeper.done()
-    return fenced
+    ids = [f"beat-{n:03d}" for n in range(40)]
+    leases = [
+        replace(item, progress=(1, 2, "half"))
+        for item in await _running_rows(db, list(reversed(ids)))
+    ]
+    longer = timedelta(minutes=10)
+    async with db.engine.connect() as holder:
+        await holder.execute(select(Job.id).where(Job.id == ids[0]).with_for_update())
+        beats = await asyncio.wait_for(heartbeat_many(db, leases, lease=longer), timeout=5)
+        await holder.rollback()
+    assert all(beat.owned and not beat.cancel_requested for beat in beats.values())
+    assert [job_id for job_id, beat in beats.items() if not beat.written] == [ids[0]]
+    assert (await _job(db, ids[0])).progress_message is None
+    assert (await _job(db, ids[1])).progress_message == "half"
+    beats = await heartbeat_many(db, leases, lease=longer)
+    assert all(beat.written for beat in beats.values())
+    assert (await _job(db, ids[0])).progress_message == "half"
+    async with db.transaction() as session:
+        await session.execute(update(Job).where(Job.id == ids[1]).values(lease_token="other"))
+    async with db.engine.connect() as holder:
+        await holder.execute(select(Job.id).where(Job.id == ids[1]).with_for_update())
+        beats = await asyncio.wait_for(heartbeat_many(db, leases, lease=longer), timeout=5)
+        await holder.rollback()
+    assert not beats[ids[1]].owned and not beats[ids[1]].written
+    assert beats[ids[2]].owned and beats[ids[2]].written
 
 
 async def test_progress_and_logs_survive_a_failed_heartbeat(

@@ -468,26 +468,16 @@ _PROGRESS_VALUES = {
 _PROGRESS = update(Job).where(_FENCED).values(**_PROGRESS_VALUES)
 
 
-def _id_order_lock(ids: Any) -> Any:
-    """Lock the jobs `ids` in id order (PostgreSQL; ignored on SQLite, whose writes are
-    serialised). A multi-row UPDATE locks rows in whatever order its plan visits them, so a
-    worker's heartbeat and completion writes over the same jobs could otherwise each hold a
-    row the other waits for; every multi-row write of a worker takes its locks through this
-    first, in one order, so that cannot happen."""
-    return select(Job.id).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
-
-
-def _in_id_order(ids: Any) -> Any:
-    """`Job.id IN (ids)`, the rows locked in id order before any is written."""
-    return Job.id.in_(_id_order_lock(ids))
-
-
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """What a heartbeat learned."""
+    """What a heartbeat learned. `written`: the lease was extended and the progress and log
+    lines stored; False for a job whose row another transaction held (its completion being
+    written, an operator's cancel): it was skipped this beat and its lines are to be sent
+    again."""
 
     owned: bool
     cancel_requested: bool
+    written: bool = True
 
 
 async def heartbeat(
@@ -521,26 +511,41 @@ async def heartbeat_many(
 ) -> dict[str, Beat]:
     """`heartbeat` for all of a worker's jobs in one transaction: one statement extends every
     lease still held, then progress and log lines are written for those (one commit, one turn
-    of SQLite's write lock, however many jobs are running)."""
+    of SQLite's write lock, however many jobs are running).
+
+    On PostgreSQL a heartbeat never waits for a row lock: rows another transaction holds
+    are skipped (`SKIP LOCKED`) and read instead, to tell a lease still held (reported owned,
+    `written=False`) from one lost. So a heartbeat can never deadlock with the worker's own
+    completion batch, which writes many of the same rows in whatever order its plan takes."""
     # unscoped: a worker's fenced writes to the jobs it holds.
     if not leases:
         return {}
     now = datetime.now(UTC)
     held = sorted(leases, key=lambda item: item.job_id)
+    fences = [(item.job_id, item.attempt, item.token) for item in held]
+    fenced = (
+        tuple_(Job.id, Job.attempt, Job.lease_token).in_(fences),
+        _state_in(_LEASED_STATES),
+    )
     async with db.write_connection() as connection:
+        free = (
+            select(Job.id)
+            .where(Job.id.in_([item.job_id for item in held]))
+            .with_for_update(skip_locked=True)
+        )
         extended = await connection.execute(
             update(Job)
-            .where(
-                _in_id_order([item.job_id for item in held]),
-                tuple_(Job.id, Job.attempt, Job.lease_token).in_(
-                    [(item.job_id, item.attempt, item.token) for item in held]
-                ),
-                _state_in(_LEASED_STATES),
-            )
+            .where(Job.id.in_(free), *fenced)
             .values(lease_expires_at=now + lease)
             .returning(Job.id, Job.state)
         )
         states: dict[str, str] = {row.id: row.state for row in extended}
+        busy: dict[str, str] = {}
+        if len(states) < len(held) and db.dialect == "postgresql":
+            # Not extended: lost, or skipped because another transaction holds the row.
+            # The last committed version tells which.
+            rows = await connection.execute(select(Job.id, Job.state).where(*fenced))
+            busy = {row.id: row.state for row in rows if row.id not in states}
         progress = [
             {
                 "b_id": item.job_id,
@@ -558,10 +563,12 @@ async def heartbeat_many(
         for item in held:
             if item.logs and item.job_id in states:
                 await _write_logs(connection, item.job_id, item.attempt, item.logs)
+    seen = {**busy, **states}
     return {
         item.job_id: Beat(
-            owned=item.job_id in states,
-            cancel_requested=states.get(item.job_id) == JobState.CANCELLING,
+            owned=item.job_id in seen,
+            cancel_requested=seen.get(item.job_id) == JobState.CANCELLING,
+            written=item.job_id in states,
         )
         for item in held
     }
@@ -667,10 +674,6 @@ async def complete_many(
             params["b_done"], params["b_total"], params["b_message"] = done.progress
             with_progress.append(params)
     async with db.write_connection() as writer:
-        if db.dialect == "postgresql":
-            # Every row this batch writes, locked in id order before any is written (see
-            # `_in_id_order`): the statements below run row by row, in no such order.
-            await writer.execute(_id_order_lock([d.job_id for d in finished]))
         stored = 0
         for statement, rows in ((_COMPLETE, plain), (_COMPLETE_WITH_PROGRESS, with_progress)):
             if rows:
@@ -710,11 +713,9 @@ def _complete_statement_postgres() -> Any:
             func.unnest(bindparam("b_results", type_=ARRAY(Text))).label("result"),
         )
     ).subquery("finished")
-    locked = _id_order_lock(select(rows.c.id)).cte("locked")
     done = (
         update(Job)
         .where(
-            Job.id == locked.c.id,
             Job.id == rows.c.id,
             Job.attempt == rows.c.attempt,
             Job.lease_token == rows.c.token,

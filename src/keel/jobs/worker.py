@@ -599,6 +599,13 @@ class Worker:
                 _logger.warning("heartbeat failed", error=str(exc))
                 self._give_back(leases)
                 continue
+            self._give_back(
+                [
+                    item
+                    for item in leases
+                    if beats[item.job_id].owned and not beats[item.job_id].written
+                ]
+            )
             for job_id, (task, context) in running:
                 beat = beats.get(job_id)
                 if beat is None:
@@ -613,9 +620,10 @@ class Worker:
                     task.cancel()  # the hard stop after the cancel grace period
 
     def _give_back(self, leases: list[Lease]) -> None:
-        """After a failed heartbeat, return the progress and log lines it took, so the next
-        write carries them: to the job if it is still running, else to its completion if
-        that is still waiting to be written."""
+        """Return the progress and log lines a heartbeat took but did not store (its write
+        failed, or skipped a row another transaction held), so the next write carries them:
+        to the job if it is still running, else to its completion if that is still waiting
+        to be written."""
         for item in leases:
             if item.progress is None and not item.logs:
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from keel.core.database import Database
 from keel.jobs import JobContext, Permanent, Worker, job
-from keel.jobs.models import Job, JobAttempt, JobState
+from keel.jobs.models import Job, JobAttempt, JobLog, JobState
 from keel.jobs.service import Claimed, Done, Lease, claim, complete_many, heartbeat_many
 from keel.jobs.worker import _Dedicated
 from tests.jobs.test_queue import _enqueue, _job, _until, running
@@ -362,3 +363,130 @@ async def test_a_slot_freed_under_a_backlog_is_refilled_without_waiting_for_the_
             release.set()
     finally:
         release.set()
+
+
+async def _running_rows(db: Database, ids: list[str]) -> list[Lease]:
+    """Jobs in `running` with leases, inserted in the given order (on PostgreSQL that is
+    their order in the heap, which a sequential scan follows)."""
+    leases = [Lease(job_id, 1, f"token-{job_id}") for job_id in ids]
+    expires = datetime.now(UTC) + LEASE
+    async with db.transaction() as session:
+        for item in leases:
+            session.add(
+                Job(
+                    id=item.job_id,
+                    kind="test.add",
+                    queue="default",
+                    args={"a": 1},
+                    state=JobState.RUNNING,
+                    attempt=1,
+                    max_attempts=3,
+                    lease_token=item.token,
+                    lease_expires_at=expires,
+                    run_at=expires - LEASE,
+                    created_at=expires - LEASE,
+                )
+            )
+            await session.flush()
+    return leases
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_heartbeat_never_waits_for_a_row_lock(migrated_db: Database) -> None:
+    """While another transaction holds one job's row (the worker's own completion batch, an
+    operator's cancel), a heartbeat over all of them does not wait: it extends and writes the
+    others, reports the held one owned but unwritten, and writes it on the next beat, so it
+    can never deadlock with a completion batch over the same rows; a held row whose lease
+    was lost is reported lost."""
+    db = migrated_db
+    ids = [f"beat-{n:03d}" for n in range(40)]
+    leases = [
+        replace(item, progress=(1, 2, "half"))
+        for item in await _running_rows(db, list(reversed(ids)))
+    ]
+    longer = timedelta(minutes=10)
+    async with db.engine.connect() as holder:
+        await holder.execute(select(Job.id).where(Job.id == ids[0]).with_for_update())
+        beats = await asyncio.wait_for(heartbeat_many(db, leases, lease=longer), timeout=5)
+        await holder.rollback()
+    assert all(beat.owned and not beat.cancel_requested for beat in beats.values())
+    assert [job_id for job_id, beat in beats.items() if not beat.written] == [ids[0]]
+    assert (await _job(db, ids[0])).progress_message is None
+    assert (await _job(db, ids[1])).progress_message == "half"
+    beats = await heartbeat_many(db, leases, lease=longer)
+    assert all(beat.written for beat in beats.values())
+    assert (await _job(db, ids[0])).progress_message == "half"
+    async with db.transaction() as session:
+        await session.execute(update(Job).where(Job.id == ids[1]).values(lease_token="other"))
+    async with db.engine.connect() as holder:
+        await holder.execute(select(Job.id).where(Job.id == ids[1]).with_for_update())
+        beats = await asyncio.wait_for(heartbeat_many(db, leases, lease=longer), timeout=5)
+        await holder.rollback()
+    assert not beats[ids[1]].owned and not beats[ids[1]].written
+    assert beats[ids[2]].owned and beats[ids[2]].written
+
+
+async def test_progress_and_logs_survive_a_failed_heartbeat(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat write that fails gives back the progress and log lines it took: the next
+    beat (or the completion) stores them, so nothing a job reported is lost."""
+    import keel.jobs.worker as worker_module
+
+    db = migrated_db
+    real = worker_module.heartbeat_many
+    failures: list[int] = []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if any(item.logs for item in args[1]) and len(failures) < 2:
+            failures.append(1)
+            raise ConnectionError("server closed the connection unexpectedly")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "heartbeat_many", flaky)
+    job_id = await _enqueue(db, "test.batch.chatty")
+    async with running(db, lease=0.9):  # a heartbeat every 0.3 s
+        await _until(db, job_id, JobState.COMPLETED, timeout=15)
+    assert len(failures) == 2
+    async with db.session() as session:
+        lines = list(
+            await session.scalars(
+                select(JobLog.message).where(JobLog.job_id == job_id).order_by(JobLog.id)
+            )
+        )
+    assert lines == ["first", "second", "third"]
+    assert (await _job(db, job_id)).progress_message == "three"
+
+
+@job("test.batch.chatty")
+async def chatty(ctx: JobContext) -> None:
+    for n, word in enumerate(("first", "second", "third"), start=1):
+        ctx.log.info(word)
+        ctx.progress(n, 3, ("one", "two", "three")[n - 1])
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # the last line goes out with a heartbeat, not the completion
+
+
+async def test_a_hung_kept_connection_is_dropped_and_the_work_retried(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that never answers (a half-open connection) is abandoned after the kept
+    connection timeout and retried on a fresh connection: the worker still runs the job."""
+    import keel.jobs.worker as worker_module
+
+    db = migrated_db
+    real = worker_module.claim
+    hung: list[int] = []
+
+    async def hanging(*args: Any, **kwargs: Any) -> Any:
+        if not hung:
+            hung.append(1)
+            await asyncio.sleep(3600)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "claim", hanging)
+    monkeypatch.setattr(worker_module, "KEPT_CONNECTION_TIMEOUT", 0.5)
+    job_id = await _enqueue(db, "test.add", {"a": 1})
+    async with running(db):
+        done = await _until(db, job_id, JobState.COMPLETED, timeout=10)
+    assert hung and done.result == 2

@@ -23,7 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from keel.core.database import Database
+from keel.core.database import TCP_KEEPALIVES, Database
 
 __all__ = ["CHANNEL", "ChangeWatcher", "PgListener", "announce"]
 
@@ -175,10 +175,7 @@ class PgListener:
             self.url,
             autocommit=True,
             connect_timeout=5,
-            keepalives=1,
-            keepalives_idle=10,
-            keepalives_interval=5,
-            keepalives_count=3,
+            **TCP_KEEPALIVES,
         )
         for channel in self.channels:
             await self._connection.execute(f'LISTEN "{channel}"')

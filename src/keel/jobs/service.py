@@ -470,10 +470,14 @@ _PROGRESS = update(Job).where(_FENCED).values(**_PROGRESS_VALUES)
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """What a heartbeat learned."""
+    """What a heartbeat learned. `written`: the lease was extended and the progress and log
+    lines stored; False for a job whose row another transaction held (its completion being
+    written, an operator's cancel): it was skipped this beat and its lines are to be sent
+    again."""
 
     owned: bool
     cancel_requested: bool
+    written: bool = True
 
 
 async def heartbeat(
@@ -507,25 +511,41 @@ async def heartbeat_many(
 ) -> dict[str, Beat]:
     """`heartbeat` for all of a worker's jobs in one transaction: one statement extends every
     lease still held, then progress and log lines are written for those (one commit, one turn
-    of SQLite's write lock, however many jobs are running)."""
+    of SQLite's write lock, however many jobs are running).
+
+    On PostgreSQL a heartbeat never waits for a row lock: rows another transaction holds
+    are skipped (`SKIP LOCKED`) and read instead, to tell a lease still held (reported owned,
+    `written=False`) from one lost. So a heartbeat can never deadlock with the worker's own
+    completion batch, which writes many of the same rows in whatever order its plan takes."""
     # unscoped: a worker's fenced writes to the jobs it holds.
     if not leases:
         return {}
     now = datetime.now(UTC)
-    held = sorted(leases, key=lambda item: item.job_id)  # lock order: see complete_many
+    held = sorted(leases, key=lambda item: item.job_id)
+    fences = [(item.job_id, item.attempt, item.token) for item in held]
+    fenced = (
+        tuple_(Job.id, Job.attempt, Job.lease_token).in_(fences),
+        _state_in(_LEASED_STATES),
+    )
     async with db.write_connection() as connection:
+        free = (
+            select(Job.id)
+            .where(Job.id.in_([item.job_id for item in held]))
+            .with_for_update(skip_locked=True)
+        )
         extended = await connection.execute(
             update(Job)
-            .where(
-                tuple_(Job.id, Job.attempt, Job.lease_token).in_(
-                    [(item.job_id, item.attempt, item.token) for item in held]
-                ),
-                _state_in(_LEASED_STATES),
-            )
+            .where(Job.id.in_(free), *fenced)
             .values(lease_expires_at=now + lease)
             .returning(Job.id, Job.state)
         )
         states: dict[str, str] = {row.id: row.state for row in extended}
+        busy: dict[str, str] = {}
+        if len(states) < len(held) and db.dialect == "postgresql":
+            # Not extended: lost, or skipped because another transaction holds the row.
+            # The last committed version tells which.
+            rows = await connection.execute(select(Job.id, Job.state).where(*fenced))
+            busy = {row.id: row.state for row in rows if row.id not in states}
         progress = [
             {
                 "b_id": item.job_id,
@@ -543,10 +563,12 @@ async def heartbeat_many(
         for item in held:
             if item.logs and item.job_id in states:
                 await _write_logs(connection, item.job_id, item.attempt, item.logs)
+    seen = {**busy, **states}
     return {
         item.job_id: Beat(
-            owned=item.job_id in states,
-            cancel_requested=states.get(item.job_id) == JobState.CANCELLING,
+            owned=item.job_id in seen,
+            cancel_requested=seen.get(item.job_id) == JobState.CANCELLING,
+            written=item.job_id in states,
         )
         for item in held
     }
@@ -632,12 +654,11 @@ async def complete_many(
     # unscoped: a worker's fenced writes to the jobs it holds.
     if not finished:
         return set()
-    if connection is not None and not any(d.progress is not None or d.logs for d in finished):
+    fast = not any(d.progress is not None or d.logs for d in finished)
+    if connection is not None and db.dialect == "postgresql" and fast:
         return await _complete_postgres(connection, finished)
     now = datetime.now(UTC)
     plain, with_progress = [], []
-    # Rows are locked in id order by every multi-row write of a worker (heartbeats too), so
-    # two of its transactions can never wait on each other.
     finished = sorted(finished, key=lambda done: done.job_id)
     for done in finished:
         params = {
@@ -724,7 +745,7 @@ _COMPLETE_POSTGRES = _complete_statement_postgres()
 
 
 async def _complete_postgres(connection: AsyncConnection, finished: Sequence[Done]) -> set[str]:
-    ordered = sorted(finished, key=lambda done: done.job_id)  # lock order: see complete_many
+    ordered = sorted(finished, key=lambda done: done.job_id)
     stored = await connection.scalars(
         _COMPLETE_POSTGRES,
         {

@@ -10,6 +10,7 @@ import os
 import socket
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -57,6 +58,12 @@ a batch has finished)."""
 REFILL_DELAY = 0.005
 """Seconds a freed slot may stay empty while a backlogged worker gathers freed slots into one
 claim (or until half of them are free)."""
+MAX_BUFFERED_LOGS = 1000
+"""Log lines a job keeps between heartbeats (the oldest are dropped beyond it)."""
+KEPT_CONNECTION_TIMEOUT = 30.0
+"""Seconds a claim or a completion batch on a kept connection may take before the connection
+is dropped and the work retried on a fresh one (a half-open connection never stalls a worker;
+jobs a timed-out claim took are returned by the rescuer when their lease expires)."""
 _logger = get_logger("keel.jobs")
 
 
@@ -70,8 +77,8 @@ class _Log:
 
     def _add(self, level: str, message: str) -> None:
         self._context._logs.append((datetime.now(UTC), level, message))
-        if len(self._context._logs) > 1000:  # a chatty job between flushes
-            del self._context._logs[: len(self._context._logs) - 1000]
+        if len(self._context._logs) > MAX_BUFFERED_LOGS:  # a chatty job between flushes
+            del self._context._logs[: len(self._context._logs) - MAX_BUFFERED_LOGS]
 
     def debug(self, message: str) -> None:
         self._add("debug", message)
@@ -130,6 +137,14 @@ class JobContext:
         progress, self._progress = self._progress, None
         logs, self._logs = self._logs, []
         return progress, logs
+
+    def _give_back(self, progress: Any, logs: list[tuple[datetime, str, str]]) -> None:
+        """Return what a failed write took, ahead of what came since (newer progress wins)."""
+        if self._progress is None:
+            self._progress = progress
+        self._logs[:0] = logs
+        if len(self._logs) > MAX_BUFFERED_LOGS:
+            del self._logs[: len(self._logs) - MAX_BUFFERED_LOGS]
 
     async def once(self, key: str, effect: Callable[[AsyncSession], Awaitable[T]]) -> T | None:
         """Run `effect(session)` in a transaction that also records `key` for this job, and
@@ -194,11 +209,15 @@ class _Dedicated:
             await self._connection.commit()
 
     async def close(self) -> None:
-        """Close it (after an error, the next `get` opens a fresh one)."""
+        """Drop it after an error (the next `get` opens a fresh one). It is invalidated, not
+        returned to the pool: a connection that failed or timed out mid-statement may be
+        half-open, and the pool's rollback on return could hang on it."""
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(Exception):
-                await connection.close()
+                await asyncio.wait_for(connection.invalidate(), timeout=5.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=5.0)
 
 
 class Worker:
@@ -339,9 +358,10 @@ class Worker:
         commits by itself: if a later one fails, the jobs already claimed are still run."""
         claimed: list[Claimed] = []
         try:
-            connection = await self._claimer.get()
-            await self._claim_on(connection, free, claimed)
-            await self._claimer.done()
+            async with asyncio.timeout(KEPT_CONNECTION_TIMEOUT):
+                connection = await self._claimer.get()
+                await self._claim_on(connection, free, claimed)
+                await self._claimer.done()
         except Exception as exc:
             await self._claimer.close()
             if not claimed:
@@ -504,8 +524,11 @@ class Worker:
             if not batch:
                 return True
             try:
-                fenced = await complete_many(self.db, batch, connection=await self._completer.get())
-                await self._completer.done()
+                async with asyncio.timeout(KEPT_CONNECTION_TIMEOUT):
+                    fenced = await complete_many(
+                        self.db, batch, connection=await self._completer.get()
+                    )
+                    await self._completer.done()
             except Exception as exc:  # noqa: BLE001 - kept and retried
                 await self._completer.close()
                 self._completions[:0] = batch
@@ -574,7 +597,15 @@ class Worker:
                 beats = await heartbeat_many(self.db, leases, lease=self.lease)
             except Exception as exc:  # noqa: BLE001 - retried next beat
                 _logger.warning("heartbeat failed", error=str(exc))
+                self._give_back(leases)
                 continue
+            self._give_back(
+                [
+                    item
+                    for item in leases
+                    if beats[item.job_id].owned and not beats[item.job_id].written
+                ]
+            )
             for job_id, (task, context) in running:
                 beat = beats.get(job_id)
                 if beat is None:
@@ -587,6 +618,27 @@ class Worker:
                 deadline = self._cancel_deadlines.get(job_id)
                 if deadline is not None and loop.time() > deadline and not task.done():
                     task.cancel()  # the hard stop after the cancel grace period
+
+    def _give_back(self, leases: list[Lease]) -> None:
+        """Return the progress and log lines a heartbeat took but did not store (its write
+        failed, or skipped a row another transaction held), so the next write carries them:
+        to the job if it is still running, else to its completion if that is still waiting
+        to be written."""
+        for item in leases:
+            if item.progress is None and not item.logs:
+                continue
+            running = self._running.get(item.job_id)
+            if running is not None and running[1].attempt == item.attempt:
+                running[1]._give_back(item.progress, list(item.logs))
+                continue
+            for index, done in enumerate(self._completions):
+                if done.job_id == item.job_id and done.attempt == item.attempt:
+                    self._completions[index] = replace(
+                        done,
+                        progress=done.progress or item.progress,
+                        logs=[*item.logs, *done.logs],
+                    )
+                    break
 
     async def _rescuer(self) -> None:
         interval = max(1.0, self.lease.total_seconds() / 3)

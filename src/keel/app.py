@@ -83,8 +83,16 @@ def builtin_modules() -> list[KeelModule]:
     from keel.identity.module import identity_module
     from keel.jobs.module import jobs_module
     from keel.protection.module import protection_module
+    from keel.settings.module import settings_module
 
-    return [audit_module(), identity_module(), protection_module(), jobs_module(), deps_module()]
+    return [
+        audit_module(),
+        settings_module(),
+        identity_module(),
+        protection_module(),
+        jobs_module(),
+        deps_module(),
+    ]
 
 
 class Keel:

@@ -18,6 +18,7 @@ from keel.deps.service import prune, record_probe
 from keel.deps.spec import Dependency, Probe, declared, dependency
 from keel.jobs import JobContext, job
 from keel.jobs.cron import enqueue_once
+from keel import settings
 from keel.observability.logging import get_logger
 
 __all__ = ["OWN_COMPONENTS", "PROBE_KIND", "Monitor", "check", "probe"]
@@ -25,6 +26,13 @@ __all__ = ["OWN_COMPONENTS", "PROBE_KIND", "Monitor", "check", "probe"]
 PROBE_KIND = "keel.deps.probe"
 OWN_COMPONENTS = {"keel.database": "Database", "keel.workers": "Background jobs"}
 """Keel's own components, probed by the same jobs (a probe that runs proves a worker is up)."""
+PROBES_PAUSED = settings.declare(
+    "deps.probes_paused",
+    bool,
+    default=False,
+    env="KEEL_DEPS_PROBES_PAUSED",
+    description="Stop enqueueing dependency probes (e.g. during planned upstream work).",
+)
 OWN_EVERY = 30.0
 _logger = get_logger("keel.deps")
 
@@ -114,6 +122,8 @@ class Monitor:
         """Enqueue the probes whose slot has started and is not enqueued yet."""
         now = time.time() if now is None else now
         made = 0
+        if PROBES_PAUSED.value:
+            return made
         for name, every in _schedule().items():
             slot = int(now // every)
             if self._seen.get(name) == slot:

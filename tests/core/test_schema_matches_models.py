@@ -15,7 +15,8 @@ import keel.identity.models
 import keel.identity.sessions
 import keel.identity.setup
 import keel.identity.throttle
-import keel.jobs.models  # noqa: F401 - every table Keel defines
+import keel.jobs.models
+import keel.settings.models  # noqa: F401 - every table Keel defines
 from keel.core.database import Base, Database
 
 

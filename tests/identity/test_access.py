@@ -136,11 +136,15 @@ async def _acme_resources(org: Org) -> dict[str, str]:
         "key_id": key["key"]["id"],
         "share_id": share["share"]["id"],
         "session_id": session_id,
+        # A deployment-wide setting: a tenant's account must not learn it exists.
+        "key": "deps.probes_paused",
     }
 
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/users/{user_id}"): {"display_name": "pwned"},
+    ("PUT", "/api/v1/settings/{key}"): {"value": True, "reason": "pwned"},
+    ("POST", "/api/v1/settings/{key}/rollback"): {"change_id": "x", "reason": "pwned"},
 }
 
 

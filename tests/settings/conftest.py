@@ -60,3 +60,6 @@ async def keel(config: Config) -> AsyncIterator[Keel]:
         yield kernel
     finally:
         await kernel.shutdown()
+
+
+from tests.identity.support import org  # noqa: E402, F401 - the `org` fixture

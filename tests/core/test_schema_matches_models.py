@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import keel.audit.models
+import keel.deps.models
 import keel.core.keyring
 import keel.core.models
 import keel.identity.models

@@ -9,9 +9,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import keel.audit.models
-import keel.deps.models
 import keel.core.keyring
 import keel.core.models
+import keel.deps.models
 import keel.identity.models
 import keel.identity.sessions
 import keel.identity.setup

@@ -42,8 +42,8 @@ TEST_SETTINGS: dict[str, dict[str, Any]] = {
 def test_settings() -> Iterator[dict[str, Any]]:
     """The test settings, declared for the test and forgotten after it."""
     handles = {}
-    for key, options in TEST_SETTINGS.items():
-        options = dict(options)
+    for key, declared_as in TEST_SETTINGS.items():
+        options = dict(declared_as)
         handles[key] = declare(key, options.pop("type"), **options)
     yield handles
     for key in TEST_SETTINGS:

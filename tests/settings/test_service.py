@@ -45,19 +45,16 @@ async def _counts(db: Database) -> tuple[int, int, int]:
     return int(overrides or 0), int(changes or 0), int(events or 0)
 
 
-@pytest.mark.parametrize(
-    ("env", "override", "tenant_override"), list(itertools.product([False, True], repeat=3))
-)
+@pytest.mark.parametrize("case", list(itertools.product([False, True], repeat=3)))
 async def test_precedence_in_every_combination(
     keel: Keel,
     test_settings: dict[str, Setting[Any]],
     monkeypatch: pytest.MonkeyPatch,
-    env: bool,
-    override: bool,
-    tenant_override: bool,
+    case: tuple[bool, bool, bool],
 ) -> None:
     """Tenant override > global override > environment > default, with the right source for
     the tenant, for another tenant and for the deployment."""
+    env, override, tenant_override = case
     quota = test_settings["test.quota"]
     if env:
         monkeypatch.setenv("TEST_QUOTA", "20")
@@ -254,7 +251,9 @@ async def test_concurrent_writers_lose_no_history(
         await other.dispose()
     async with keel.db.session() as session:
         rows = list(
-            await session.scalars(select(SettingChange).order_by(SettingChange.at, SettingChange.id))
+            await session.scalars(
+                select(SettingChange).order_by(SettingChange.at, SettingChange.id)
+            )
         )
         current = await session.scalar(select(SettingOverride))
     assert len(rows) == 20
@@ -266,9 +265,7 @@ async def test_concurrent_writers_lose_no_history(
     assert current is not None and current.value == rows[-1].after
 
 
-async def test_another_kernel_sees_a_change_within_a_second(
-    keel: Keel, config: Config
-) -> None:
+async def test_another_kernel_sees_a_change_within_a_second(keel: Keel, config: Config) -> None:
     """A second kernel with its own engine reloads a committed change within 1 s."""
     other = Keel(config, modules=[])
     await other.startup()

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 from sqlalchemy import text
 
+from keel import settings
 from keel.core.database import Database
 from keel.deps.service import prune, record_probe
 from keel.deps.spec import Dependency, Probe, declared, dependency
 from keel.jobs import JobContext, job
 from keel.jobs.cron import enqueue_once
-from keel import settings
 from keel.observability.logging import get_logger
 
 __all__ = ["OWN_COMPONENTS", "PROBE_KIND", "Monitor", "check", "probe"]

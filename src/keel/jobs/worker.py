@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from keel import settings
 from keel.audit.context import Actor, bind_actor, reset_actor
 from keel.core.changes import PgListener
 from keel.core.context import TraceContext, reset_trace, set_trace
@@ -42,7 +43,6 @@ from keel.jobs.service import (
     rescue,
     wake_event,
 )
-from keel import settings
 from keel.observability.logging import get_logger
 
 __all__ = ["JobContext", "LeaseLost", "Worker"]

@@ -183,7 +183,7 @@ def settings_router(keel: Keel) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=36)] = None,
     ) -> dict[str, Any]:
-        setting, tenant = _visible(principal, key, None)
+        setting, _ = _visible(principal, key, None)
         scopes = None if principal.tenant_id is None else (principal.tenant_id,)
         async with keel.db.session() as session:
             rows = await service.history(

@@ -179,7 +179,7 @@ def _change(
 
 
 @group.command("set")
-def set_(
+def set_(  # noqa: PLR0917 - one parameter per argument and option
     key: KeyArgument,
     value: Annotated[str, typer.Argument(help="The new value; `-` reads it from stdin.")],
     reason: ReasonOption = None,
@@ -224,7 +224,7 @@ def unset(
 
 
 @group.command("rollback")
-def rollback_(
+def rollback_(  # noqa: PLR0917 - one parameter per argument and option
     key: KeyArgument,
     change_id: Annotated[str, typer.Argument(help="The history entry whose value to restore.")],
     reason: ReasonOption = None,

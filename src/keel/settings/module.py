@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 __all__ = ["SETTINGS_PERMISSIONS", "settings_module", "store_of"]
 
 SETTINGS_PERMISSIONS = (
-    PermissionSpec("settings:read", "See runtime settings and their history", ("admin", "operator")),
+    PermissionSpec(
+        "settings:read", "See runtime settings and their history", ("admin", "operator")
+    ),
     PermissionSpec("settings:write", "Change, unset and roll back runtime settings", ("admin",)),
 )
 _STATE_KEY = "settings.store"
@@ -28,7 +30,7 @@ def store_of(keel: Keel) -> SettingsStore:
     store = keel.state.get(_STATE_KEY)
     if store is None:
         store = keel.state[_STATE_KEY] = SettingsStore(keel.db, keel.keyring)
-    return store  # type: ignore[no-any-return]
+    return store
 
 
 async def _start(keel: Keel) -> None:

@@ -98,12 +98,17 @@ class Snapshot:
         return sorted(key for key, entry in self.entries.items() if entry.pending)
 
 
-_bound: SettingsStore | None = None
+@dataclass(slots=True)
+class _Binding:
+    store: SettingsStore | None = None
+
+
+_binding = _Binding()  # the store whose values the handles show
 
 
 def bound_store() -> SettingsStore | None:
     """The store whose values the handles show (the first running kernel's)."""
-    return _bound
+    return _binding.store
 
 
 class SettingsStore:
@@ -137,7 +142,9 @@ class SettingsStore:
         async with self.db.session() as session:
             # unscoped: the version spans every tenant's overrides.
             row = (
-                await session.execute(select(func.count(SettingChange.id), func.max(SettingChange.id)))
+                await session.execute(
+                    select(func.count(SettingChange.id), func.max(SettingChange.id))
+                )
             ).one()
         return int(row[0]), row[1]
 
@@ -169,24 +176,22 @@ class SettingsStore:
             entries[key] = Entry(value, source, live, live_source, MappingProxyType(tenants))
         self.snapshot = Snapshot(MappingProxyType(entries), datetime.now(UTC))
         self.loads += 1
-        if _bound is self:
+        if _binding.store is self:
             self._publish()
 
     def bind(self) -> bool:
         """Make this store's values the handles' values, unless another store has them."""
-        global _bound
-        if _bound is not None and _bound is not self:
+        if _binding.store is not None and _binding.store is not self:
             return False
-        _bound = self
+        _binding.store = self
         self._publish()
         return True
 
     def unbind(self) -> None:
         """Give the handles back their environment/default values."""
-        global _bound
-        if _bound is not self:
+        if _binding.store is not self:
             return
-        _bound = None
+        _binding.store = None
         for setting in declared().values():
             value, source = _base(setting, strict=False)
             setting._publish(value, source, MappingProxyType({}))
@@ -263,7 +268,9 @@ def _scope(setting: Setting[Any], tenant_id: str | None) -> str:
 
 async def _current(session: AsyncSession, key: str, scope: str) -> SettingOverride | None:
     # unscoped: callers pass the scope a principal may act in (checked by the API).
-    query = select(SettingOverride).where(SettingOverride.key == key, SettingOverride.scope == scope)
+    query = select(SettingOverride).where(
+        SettingOverride.key == key, SettingOverride.scope == scope
+    )
     return await session.scalar(query.with_for_update())
 
 

@@ -58,17 +58,18 @@ def format_duration(value: timedelta) -> str:
     return f"{value.total_seconds():g}s"
 
 
+_SIMPLE_KINDS: dict[Any, str] = {
+    bool: "bool",
+    int: "int",
+    float: "float",
+    str: "str",
+    timedelta: "duration",
+}
+
+
 def _kind_of(kind: Any, choices: Sequence[str] | None) -> str:
-    if kind is bool:
-        return "bool"
-    if kind is int:
-        return "int"
-    if kind is float:
-        return "float"
-    if kind is str:
-        return "enum" if choices else "str"
-    if kind is timedelta:
-        return "duration"
+    if kind in _SIMPLE_KINDS:
+        return "enum" if kind is str and choices else _SIMPLE_KINDS[kind]
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         return "enum"
     if isinstance(kind, type) and issubclass(kind, BaseModel):
@@ -197,56 +198,15 @@ class Setting(Generic[T]):
         return MASK if self.secret else self.dump(value)
 
     def _coerce(self, raw: Any, what: str) -> Any:
-        kind = self.kind
-        text = raw.strip() if isinstance(raw, str) else None
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            if text is not None and text.lower() in _TRUE | _FALSE:
-                return text.lower() in _TRUE
-            raise ValueError(f"{what} must be true or false")
-        if kind == "int":
-            if isinstance(raw, int) and not isinstance(raw, bool):
-                return raw
-            if text is not None and re.fullmatch(r"[+-]?\d{1,30}", text):
-                return int(text)
-            raise ValueError(f"{what} must be an integer")
-        if kind == "float":
-            number: float | None = None
-            if isinstance(raw, int | float) and not isinstance(raw, bool):
-                number = float(raw)
-            elif text is not None:
-                try:
-                    number = float(text)
-                except ValueError:
-                    number = None
-            if number is None or not math.isfinite(number):
-                raise ValueError(f"{what} must be a finite number")
-            return number
-        if kind == "str":
-            if isinstance(raw, str):
-                return raw
-            raise ValueError(f"{what} must be a string")
-        if kind == "enum":
+        if self.kind == "enum":
             member = raw.value if isinstance(raw, enum.Enum) else raw
             if not isinstance(member, str) or self.choices is None or member not in self.choices:
                 raise ValueError(f"{what} must be one of: {', '.join(self.choices or ())}")
             return self._enum(member) if self._enum is not None else member
-        if kind == "duration":
-            return _duration(raw, what)
-        assert self._model is not None
-        try:
-            if isinstance(raw, self._model):
-                return self._model.model_validate(raw.model_dump())
-            if isinstance(raw, str):
-                return self._model.model_validate_json(raw)
-            return self._model.model_validate(raw)
-        except PydanticValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(
-                f"{what} is not valid: {where + ': ' if where else ''}{first['msg']}"
-            ) from None
+        if self.kind == "json":
+            assert self._model is not None
+            return _model(self._model, raw, what)
+        return _COERCE[self.kind](raw, what)
 
     def _check(self, value: Any, what: str) -> None:
         if self.ge is not None and value < self.ge:
@@ -261,6 +221,57 @@ class Setting(Generic[T]):
 
     def _bound(self, bound: Any) -> str:
         return format_duration(bound) if isinstance(bound, timedelta) else str(bound)
+
+
+def _bool(raw: Any, what: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError(f"{what} must be true or false")
+
+
+def _int(raw: Any, what: str) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and re.fullmatch(r"[+-]?\d{1,30}", raw.strip()):
+        return int(raw)
+    raise ValueError(f"{what} must be an integer")
+
+
+def _float(raw: Any, what: str) -> float:
+    number: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        number = float(raw)
+    elif isinstance(raw, str):
+        try:
+            number = float(raw.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number")
+    return number
+
+
+def _str(raw: Any, what: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise ValueError(f"{what} must be a string")
+
+
+def _model(model: type[BaseModel], raw: Any, what: str) -> BaseModel:
+    try:
+        if isinstance(raw, model):
+            return model.model_validate(raw.model_dump())
+        if isinstance(raw, str):
+            return model.model_validate_json(raw)
+        return model.model_validate(raw)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(
+            f"{what} is not valid: {where + ': ' if where else ''}{first['msg']}"
+        ) from None
 
 
 def _duration(raw: Any, what: str) -> timedelta:
@@ -285,12 +296,19 @@ def _duration(raw: Any, what: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+_COERCE: dict[str, Callable[[Any, str], Any]] = {
+    "bool": _bool,
+    "int": _int,
+    "float": _float,
+    "str": _str,
+    "duration": _duration,
+}
 _DECLARED: dict[str, Setting[Any]] = {}
 
 
 def declare(
     key: str,
-    type: Any,  # noqa: A002 - the public keyword reads best as `type`
+    type: Any,
     *,
     default: Any,
     env: str | None = None,

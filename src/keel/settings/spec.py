@@ -14,9 +14,8 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -45,9 +44,8 @@ _FALSE = {"false", "0", "no", "off"}
 _ISO_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
 
 
-@dataclass(frozen=True, slots=True)
-class Reading(Generic[T]):
-    """An effective value and where it came from."""
+class Reading(NamedTuple, Generic[T]):
+    """An effective value and where it came from (a tuple: cheap to make per read)."""
 
     value: T
     source: Source
@@ -86,6 +84,8 @@ class Setting(Generic[T]):
     __slots__ = (
         "_enum",
         "_model",
+        "_reading",
+        "_tenant_readings",
         "_tenants",
         "choices",
         "default",
@@ -145,7 +145,9 @@ class Setting(Generic[T]):
         """The effective deployment-wide value (kept current by the running kernel)."""
         self.source: Source = "default"
         """Where `value` came from."""
-        self._tenants: Mapping[str, Any] = {}
+        self._tenants: dict[str, T] = {}
+        self._reading: Reading[T] = Reading(self.value, self.source)
+        self._tenant_readings: Mapping[str, Reading[T]] = {}
 
     def __repr__(self) -> str:
         return f"Setting({self.key!r}, {self.kind})"
@@ -153,19 +155,23 @@ class Setting(Generic[T]):
     # --- reads -----------------------------------------------------------------------------
     def get(self, tenant: str | None = None) -> T:
         """The effective value for `tenant` (its override if it has one), else `.value`."""
-        if tenant is not None and tenant in self._tenants:
-            return cast("T", self._tenants[tenant])
-        return self.value
+        if tenant is None:
+            return self.value
+        return self._tenants.get(tenant, self.value)
 
     def read(self, tenant: str | None = None) -> Reading[T]:
         """The effective value for `tenant` with its source."""
-        if tenant is not None and tenant in self._tenants:
-            return Reading(cast("T", self._tenants[tenant]), "tenant")
-        return Reading(self.value, self.source)
+        if tenant is not None:
+            found = self._tenant_readings.get(tenant)
+            if found is not None:
+                return found
+        return self._reading
 
     def _publish(self, value: Any, source: Source, tenants: Mapping[str, Any]) -> None:
         """Make a loaded snapshot's values current (the store calls this)."""
-        self.value, self.source, self._tenants = value, source, tenants
+        self._tenant_readings = {t: Reading(v, "tenant") for t, v in tenants.items()}
+        self._reading = Reading(value, source)
+        self.value, self.source, self._tenants = value, source, dict(tenants)
 
     # --- values ----------------------------------------------------------------------------
     def parse(self, raw: Any, *, what: str = "the value") -> T:

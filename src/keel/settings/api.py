@@ -201,7 +201,7 @@ def settings_router(keel: Keel) -> APIRouter:
     )
     async def rollback_setting(key: KeyPath, body: Rollback, principal: Writer) -> dict[str, Any]:
         setting, tenant = _visible(principal, key, body.tenant)
-        keyring = await keel.keyring()
+        keyring = await keyring_for(setting)
         await service.write(
             keel.db,
             lambda session: service.rollback(

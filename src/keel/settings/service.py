@@ -9,6 +9,7 @@ caller's transaction. Secret values are encrypted with the keyring and never ret
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ class SettingsStore:
         self._keyring = keyring
         self.snapshot = Snapshot(MappingProxyType({}), datetime.now(UTC))
         self._started: dict[str, tuple[Any, Source]] = {}
+        self._reloading = asyncio.Lock()
         self.loads = 0
 
     def entry(self, key: str) -> Entry:
@@ -149,7 +151,14 @@ class SettingsStore:
         return int(row[0]), row[1]
 
     async def reload(self) -> None:
-        """Read every override, build a new snapshot and swap it in."""
+        """Read every override, build a new snapshot and swap it in.
+
+        Reloads run one at a time, so a slow reload of older rows cannot swap in after a
+        newer one."""
+        async with self._reloading:
+            await self._reload()
+
+    async def _reload(self) -> None:
         async with self.db.session() as session:
             # unscoped: the process holds every tenant's overrides.
             rows = list(await session.scalars(select(SettingOverride)))

@@ -4,13 +4,15 @@ history and rollback, permissions, tenant isolation, secrets and pending restart
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from keel import Config
 from keel.settings import Setting
-from tests.identity.support import Org, json_of
+from tests.identity.support import Org, build_org, json_of
 
 OWNER = "owner@example.com"
 SECRET = "hunter2-super-secret-value"
@@ -226,3 +228,60 @@ async def test_json_settings_round_trip(org: Org, test_settings: dict[str, Setti
     assert shown["value"] == {"burst": 9, "names": ["a", "b"]}
     assert test_settings["test.limits"].value.burst == 9
     assert json.dumps(shown["default"]) == json.dumps({"burst": 2, "names": []})
+
+
+ODD_VALUES: list[Any] = [
+    None,
+    [],
+    {},
+    "",
+    "P99999999999D",
+    "PT-5S",
+    "1e309",
+    1e308,
+    -0.0,
+    2**70,
+    -(2**70),
+    "\x00",
+    "9" * 40,
+    {"burst": 2**70},
+    [1, [2, [3]]],
+    "ms",
+    "1.5.5s",
+]
+
+
+async def test_odd_values_never_cause_a_server_error(make_config: Callable[..., Config]) -> None:
+    """Hostile values for every setting answer 2xx or 4xx problem+json, never 5xx; a tenant's
+    rollback to another tenant's change is refused."""
+    config = make_config(rate_limit_enabled=False, rate_limit_login="10000/minute")
+    async for org in build_org(config):
+        await _odd_values(org)
+
+
+async def _odd_values(org: Org) -> None:
+    async with await org.as_user(OWNER) as http:
+        keys = [item["key"] for item in json_of(await http.get("/api/v1/settings"))["items"]]
+        for key in keys:
+            for value in ODD_VALUES:
+                response = await http.put(
+                    f"/api/v1/settings/{key}", json={"value": value, "reason": "fuzz"}
+                )
+                assert response.status_code < 500, (key, value, response.text)
+                assert response.status_code != 429
+                if response.status_code >= 400:
+                    _problem(response, response.status_code)
+        bolt_change = json_of(
+            await http.put(
+                "/api/v1/settings/test.quota",
+                json={"value": 1, "reason": "x", "tenant": org.tenants["bolt"]},
+            )
+        )["last_change"]["id"]
+    async with await org.as_user("admin-a@example.com") as http:
+        _problem(
+            await http.post(
+                "/api/v1/settings/test.quota/rollback",
+                json={"change_id": bolt_change, "reason": "steal"},
+            ),
+            404,
+        )

@@ -184,10 +184,9 @@ def settings_router(keel: Keel) -> APIRouter:
         cursor: Annotated[str | None, Query(max_length=36)] = None,
     ) -> dict[str, Any]:
         setting, _ = _visible(principal, key, None)
-        scopes = None if principal.tenant_id is None else (principal.tenant_id,)
         async with keel.db.session() as session:
             rows = await service.history(
-                session, setting.key, scopes=scopes, limit=limit, cursor=cursor
+                session, setting.key, principal=principal, limit=limit, cursor=cursor
             )
         return {
             "items": [service.change_data(setting, row) for row in rows],

@@ -28,6 +28,7 @@ from keel.core.database import Database
 from keel.core.errors import Conflict, NotFound, StartupError, ValidationFailed
 from keel.core.ids import new_id
 from keel.core.keyring import Keyring
+from keel.core.principal import Principal, tenant_scope
 from keel.observability.logging import get_logger
 from keel.settings.models import GLOBAL, SettingChange, SettingOverride
 from keel.settings.spec import MASK, Setting, Source, declared, dumps
@@ -513,15 +514,14 @@ async def history(
     session: AsyncSession,
     key: str,
     *,
-    scopes: tuple[str, ...] | None = None,
+    principal: Principal | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> list[SettingChange]:
-    """The changes of `key`, newest first (only of `scopes` if given), after `cursor`."""
-    # unscoped: the API passes the scopes a tenant's principal may see.
-    query = select(SettingChange).where(SettingChange.key == key)
-    if scopes is not None:
-        query = query.where(SettingChange.scope.in_(scopes))
+    """The changes of `key` `principal` may see (a tenant's account: its tenant's), newest
+    first, after `cursor`."""
+    query = tenant_scope(select(SettingChange), SettingChange, principal)
+    query = query.where(SettingChange.key == key)
     if cursor is not None:
         query = query.where(SettingChange.id < cursor)
     return list(await session.scalars(query.order_by(SettingChange.id.desc()).limit(limit)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +19,13 @@ SECRET = "cli-secret-value-42"
 
 
 @pytest.fixture(autouse=True)
-def _settings_commands(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[None]:
-    """The `settings` group attached as `keel main()` does, on the test's database."""
+def _settings_commands(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, tmp_path: Path
+) -> Iterator[None]:
+    """The `settings` group attached as `keel main()` does, on the test's database (and data
+    directory, where the SQLite master key is made)."""
     monkeypatch.setenv("KEEL_DATABASE_URL", database_url)
+    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("KEEL_AUTO_MIGRATE", "true")
     if database_url.startswith("postgresql"):
         from tests.conftest import TEST_MASTER_KEY

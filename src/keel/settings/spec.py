@@ -106,9 +106,9 @@ class Setting(Generic[T]):
     def __init__(
         self,
         key: str,
-        kind: Any,
+        kind: type[T],
         *,
-        default: T,
+        default: Any,
         env: str | None,
         description: str,
         ge: Any,
@@ -121,12 +121,8 @@ class Setting(Generic[T]):
     ) -> None:
         self.key = key
         self.kind = _kind_of(kind, choices)
-        self._enum: type[enum.Enum] | None = (
-            kind if isinstance(kind, type) and issubclass(kind, enum.Enum) else None
-        )
-        self._model: type[BaseModel] | None = (
-            kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
-        )
+        self._enum: type[enum.Enum] | None = kind if issubclass(kind, enum.Enum) else None
+        self._model: type[BaseModel] | None = kind if issubclass(kind, BaseModel) else None
         self.choices: tuple[str, ...] | None = (
             tuple(str(member.value) for member in self._enum)
             if self._enum is not None
@@ -314,7 +310,7 @@ _DECLARED: dict[str, Setting[Any]] = {}
 
 def declare(
     key: str,
-    type: Any,
+    type: type[T],
     *,
     default: Any,
     env: str | None = None,
@@ -322,11 +318,11 @@ def declare(
     ge: Any = None,
     le: Any = None,
     choices: Sequence[str] | None = None,
-    validator: Callable[[Any], Any] | None = None,
+    validator: Callable[[T], Any] | None = None,
     restart_required: bool = False,
     secret: bool = False,
     per_tenant: bool = False,
-) -> Setting[Any]:
+) -> Setting[T]:
     """Declare the setting `key` (`module.name`) and return its handle.
 
     `type` is bool, int, float, str (with `choices` for an enumeration), timedelta, an Enum
@@ -338,7 +334,7 @@ def declare(
         raise ValueError(f"setting {key!r} is already declared")
     if per_tenant and restart_required:
         raise ValueError(f"setting {key!r}: per_tenant settings cannot be restart_required")
-    setting: Setting[Any] = Setting(
+    setting: Setting[T] = Setting(
         key,
         type,
         default=default,

@@ -10,6 +10,16 @@ import keel
 
 EXPECTED = {
     "keel": ["Config", "Keel", "KeelError", "KeelModule", "__version__", "create_app", "install"],
+    "keel.settings": [
+        "MASK",
+        "Reading",
+        "Setting",
+        "Source",
+        "declare",
+        "declared",
+        "settings_module",
+        "store",
+    ],
 }
 
 
@@ -18,8 +28,13 @@ def test_top_level_exports() -> None:
     assert sorted(keel.__all__) == sorted(EXPECTED["keel"])
 
 
+def test_settings_exports() -> None:
+    """`keel.settings` exports exactly its declared public names."""
+    assert sorted(importlib.import_module("keel.settings").__all__) == EXPECTED["keel.settings"]
+
+
 @pytest.mark.parametrize(
-    "name", ["keel.core", "keel.observability", "keel.protection", "keel.identity"]
+    "name", ["keel.core", "keel.observability", "keel.protection", "keel.identity", "keel.settings"]
 )
 def test_every_exported_name_exists(name: str) -> None:
     """Each module's `__all__` names only things that exist."""

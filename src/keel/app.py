@@ -84,9 +84,11 @@ def builtin_modules() -> list[KeelModule]:
     from keel.jobs.module import jobs_module
     from keel.protection.module import protection_module
     from keel.registry.module import registry_module
+    from keel.settings.module import settings_module
 
     return [
         audit_module(),
+        settings_module(),
         identity_module(),
         protection_module(),
         jobs_module(),

@@ -17,7 +17,8 @@ import keel.identity.sessions
 import keel.identity.setup
 import keel.identity.throttle
 import keel.jobs.models
-import keel.registry.models  # noqa: F401 - every table Keel defines
+import keel.registry.models
+import keel.settings.models  # noqa: F401 - every table Keel defines
 from keel.core.database import Base, Database
 
 

@@ -146,6 +146,8 @@ async def _acme_resources(org: Org) -> dict[str, str]:
         "kind": "sql_query",
         "name": registry_asset["name"],
         "version": "1",
+        # A deployment-wide setting: a tenant's account must not learn it exists.
+        "key": "deps.probes_paused",
     }
 
 
@@ -158,6 +160,8 @@ NOT_SECRET = {"version"}
 
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PATCH", "/api/v1/users/{user_id}"): {"display_name": "pwned"},
+    ("PUT", "/api/v1/settings/{key}"): {"value": True, "reason": "pwned"},
+    ("POST", "/api/v1/settings/{key}/rollback"): {"change_id": "x", "reason": "pwned"},
     ("POST", "/api/v1/registry/{kind}/{name}/versions"): {"data": {"sql": "SELECT 2"}},
     ("POST", "/api/v1/registry/{kind}/{name}/rollback"): {"to": 1},
     ("POST", "/api/v1/registry/{kind}/{name}/archive"): {"force": True, "reason": "pwned"},

@@ -86,7 +86,7 @@ class KeelModule:
     name: str
     routers: Sequence[Callable[[Keel], APIRouter]] = ()
     middleware: Sequence[MiddlewareSpec] = ()
-    readiness: Mapping[str, Callable[[Keel], Callable[[], Awaitable[None]]]] = field(
+    readiness: Mapping[str, Callable[[Keel], Callable[[], Awaitable[str | None]]]] = field(
         default_factory=dict
     )
     on_startup: Sequence[Hook] = ()

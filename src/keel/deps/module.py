@@ -60,6 +60,7 @@ async def _stop(keel: Keel) -> None:
 
 def deps_module() -> KeelModule:
     """Deps' contributions: `/api/v1/dependencies`, incidents, maintenance and `/status`."""
+    import keel.deps.monitor  # noqa: F401 - declares the deps settings
     from keel.deps.api import dependencies_router
     from keel.deps.cli import deps_cli
     from keel.deps.status import status_router

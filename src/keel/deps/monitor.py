@@ -16,6 +16,7 @@ import httpx
 from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
+from keel import settings
 from keel.core.database import Database
 from keel.deps.models import ApiSlot
 from keel.deps.service import prune, record_probe
@@ -42,6 +43,13 @@ __all__ = [
 PROBE_KIND = "keel.deps.probe"
 OWN_COMPONENTS = {"keel.database": "Database", "keel.workers": "Background jobs"}
 """Keel's own components, probed by the same jobs (a probe that runs proves a worker is up)."""
+PROBES_PAUSED = settings.declare(
+    "deps.probes_paused",
+    bool,
+    default=False,
+    env="KEEL_DEPS_PROBES_PAUSED",
+    description="Stop enqueueing dependency probes (e.g. during planned upstream work).",
+)
 OWN_EVERY = 30.0
 API = "keel.api"
 """Keel's own HTTP service, judged by the serving processes themselves (not a probe job)."""
@@ -276,6 +284,8 @@ class Monitor:
         """Enqueue the probes whose slot has started and is not enqueued yet."""
         now = time.time() if now is None else now
         made = 0
+        if PROBES_PAUSED.value:
+            return made
         for name, every in _schedule().items():
             slot = int(now // every)
             if self._seen.get(name) == slot:

@@ -56,6 +56,7 @@ async def _stop(keel: Keel) -> None:
 
 def jobs_module() -> KeelModule:
     """Jobs' contributions."""
+    import keel.jobs.worker  # noqa: F401 - declares the jobs settings
     from keel.jobs.api import jobs_router
     from keel.jobs.cli import jobs_cli, worker_cli
 

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from keel import settings
 from keel.audit.context import Actor, bind_actor, reset_actor
 from keel.core.changes import PgListener
 from keel.core.context import TraceContext, reset_trace, set_trace
@@ -48,8 +49,16 @@ from keel.observability.logging import get_logger
 __all__ = ["JobContext", "LeaseLost", "Worker"]
 
 T = TypeVar("T")
-PRUNE_INTERVAL = 600.0
-"""Seconds between retention passes over finished jobs."""
+PRUNE_INTERVAL = settings.declare(
+    "jobs.prune_interval",
+    timedelta,
+    default=timedelta(minutes=10),
+    ge=timedelta(seconds=1),
+    le=timedelta(days=1),
+    env="KEEL_JOBS_PRUNE_INTERVAL",
+    description="How often each worker deletes finished jobs past their retention.",
+)
+"""The time between retention passes over finished jobs (a runtime setting)."""
 DEPTH_INTERVAL = 5.0
 """Seconds between queue-depth refreshes for the metrics."""
 FLUSH_DELAY = 0.005
@@ -651,7 +660,8 @@ class Worker:
                 _logger.warning("rescuing jobs failed", error=str(exc))
 
     async def _scheduler(self) -> None:
-        """Cron slots every second; retention pruning every `PRUNE_INTERVAL`."""
+        """Cron slots every second; retention pruning every `PRUNE_INTERVAL` (read each
+        round, so a changed setting applies at once)."""
         seen: dict[str, datetime] = {}
         loop = asyncio.get_running_loop()
         last_prune = last_depth = float("-inf")
@@ -662,7 +672,7 @@ class Worker:
                 if self.metrics is not None and loop.time() - last_depth >= DEPTH_INTERVAL:
                     last_depth = loop.time()
                     await self.metrics.refresh_depth(self.db)
-                if loop.time() - last_prune >= PRUNE_INTERVAL:
+                if loop.time() - last_prune >= PRUNE_INTERVAL.value.total_seconds():
                     last_prune = loop.time()
                     await prune_finished(
                         self.db,

@@ -24,8 +24,11 @@ from keel.observability.logging import get_logger
 
 __all__ = ["CheckFailed", "ReadinessCheck", "health_router", "run_checks"]
 
-ReadinessCheck = Callable[[], Awaitable[None]]
-"""A readiness check: returns when healthy, raises `CheckFailed` (or anything) when not."""
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""A readiness check: returns when healthy, raises `CheckFailed` (or anything) when not.
+
+A healthy check may return a short note for operators (e.g. settings waiting for a restart);
+it is shown as the check's `info` and does not make the process unready."""
 
 
 class CheckFailed(Exception):
@@ -39,19 +42,24 @@ class CheckResult:
     ok: bool
     duration_ms: float
     reason: str | None = None
+    info: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         data: dict[str, Any] = {"ok": self.ok, "duration_ms": self.duration_ms}
         if self.reason:
             data["reason"] = self.reason
+        if self.info:
+            data["info"] = self.info
         return data
 
 
 async def _run_one(name: str, check: ReadinessCheck, timeout: float) -> CheckResult:
     started = time.perf_counter()
+    info: str | None = None
     try:
-        await asyncio.wait_for(check(), timeout)
+        note = await asyncio.wait_for(check(), timeout)
+        info = note if isinstance(note, str) else None
     except CheckFailed as exc:
         reason: str | None = str(exc)
     except TimeoutError:
@@ -62,7 +70,7 @@ async def _run_one(name: str, check: ReadinessCheck, timeout: float) -> CheckRes
     else:
         reason = None
     elapsed = round((time.perf_counter() - started) * 1000, 2)
-    return CheckResult(ok=reason is None, duration_ms=elapsed, reason=reason)
+    return CheckResult(ok=reason is None, duration_ms=elapsed, reason=reason, info=info)
 
 
 async def run_checks(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from contextvars import ContextVar
@@ -86,6 +87,8 @@ server or the network gone without a FIN) fails within about 45 s instead of han
 _open_transaction: ContextVar[Database | None] = ContextVar("keel_open_transaction", default=None)
 # Arbitrary but fixed: every Keel process migrating the same database takes the same lock.
 _MIGRATION_LOCK_KEY = 0x6B65656C_6D6967
+MIGRATION_WAIT_MS = 120_000
+"""How long a SQLite migrator waits for another process's migration to finish."""
 
 
 class Database:
@@ -237,7 +240,10 @@ class Database:
                 yield connection
             return
         engine = create_async_engine(self.url, poolclass=NullPool)
-        _configure_sqlite(engine, busy_timeout_ms=self._busy_timeout_ms, foreign_keys=False)
+        # Another process migrating holds the file's write lock for the whole migration,
+        # which can take far longer than an ordinary write: wait for it, not fail.
+        busy_ms = max(self._busy_timeout_ms, MIGRATION_WAIT_MS)
+        _configure_sqlite(engine, busy_timeout_ms=busy_ms, foreign_keys=False)
         try:
             async with (
                 self._write_lock,
@@ -275,6 +281,22 @@ def _probe_sqlite_file(path: Path, config: Config) -> None:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
 
+def _use_wal(cursor: Any) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to itself, and
+    SQLite answers "database is locked" at once, without its busy handler, when another
+    connection opens a new file at the same moment: that race is retried briefly."""
+    for attempt in range(40):
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 39:
+                raise
+            time.sleep(0.05)
+
+
 def _configure_sqlite(
     engine: AsyncEngine, *, busy_timeout_ms: int, foreign_keys: bool = True
 ) -> None:
@@ -286,8 +308,8 @@ def _configure_sqlite(
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            _use_wal(cursor)
             cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
             cursor.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from keel.core.changes import CHANNEL, ChangeWatcher, announce
+from keel.core.changes import CHANNEL, ChangeWatcher, announce, topic_version
 from keel.core.database import Database
 
 
@@ -224,3 +224,49 @@ async def test_redis_carries_notices_both_ways(migrated_db: Database, redis: Any
                 break
         await pubsub.aclose()
         assert message is not None and message["data"] == b"published"
+
+
+async def test_each_committed_announcement_moves_its_topics_version(
+    migrated_db: Database,
+) -> None:
+    """The topic's counter moves by one per committed announcing transaction (however many
+    announcements it made), not on a rollback, and not for other topics."""
+    db = migrated_db
+    assert await topic_version(db, "alpha") == 0
+    await write(db, "alpha")
+    async with db.transaction() as session:
+        await announce(session, "alpha")
+        await announce(session, "alpha")
+        await announce(session, "beta")
+    with pytest.raises(RuntimeError):
+        await write(db, "alpha", fail=True)
+    assert await topic_version(db, "alpha") == 2
+    assert await topic_version(db, "beta") == 1
+
+
+async def test_concurrent_announcers_each_move_the_version(migrated_db: Database) -> None:
+    """Transactions announcing the same topic at once are all counted (the counter is
+    bumped as each commits, never lost to a race), and a poll on it sees every one."""
+    db = migrated_db
+    await asyncio.gather(*(write(db, "gamma") for _ in range(10)))
+    assert await topic_version(db, "gamma") == 10
+
+
+async def test_the_counter_poll_catches_a_change_whose_notice_was_lost(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every notice lost (no LISTEN, no local delivery), a watcher polling the topic's
+    counter still reloads after each committed change."""
+    import keel.core.changes as changes_module
+
+    db = migrated_db
+    reload = Counter()
+    async with watcher(db, poll=0.05) as changes:
+        if changes._listener is not None:  # PostgreSQL: stop hearing NOTIFY
+            await changes._listener.stop()
+            changes._listener = None
+        monkeypatch.setattr(changes_module, "_deliver_local", lambda topics: None)
+        await watched(changes, "delta", reload, lambda: topic_version(db, "delta"))
+        for expected in (2, 3):
+            await write(db, "delta")
+            await until(lambda expected=expected: reload.finished == expected)

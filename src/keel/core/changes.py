@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from keel.core.database import TCP_KEEPALIVES, Database
+from keel.core.models import ChangeVersion
 
-__all__ = ["CHANNEL", "ChangeWatcher", "PgListener", "announce"]
+__all__ = ["CHANNEL", "ChangeWatcher", "PgListener", "announce", "topic_version"]
 
 CHANNEL = "keel_changes"
 """The PostgreSQL notification channel (and the Redis channel's prefix)."""
@@ -37,12 +40,45 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 async def announce(session: AsyncSession, topic: str) -> None:
-    """Announce a change of `topic`, delivered only once the session's transaction commits."""
+    """Announce a change of `topic`, delivered only once the session's transaction commits.
+
+    The commit also adds one to the topic's row in `keel_change_versions` (as its last
+    statement, so the row is locked only for the commit itself): watchers poll that counter,
+    which moves with every committed change whatever order the changes' ids were taken in."""
     if session.get_bind().dialect.name == "postgresql":
         await session.execute(
             text("SELECT pg_notify(:channel, :topic)"), {"channel": CHANNEL, "topic": topic}
         )
     session.info.setdefault(_INFO_KEY, set()).add(topic)
+
+
+async def topic_version(db: Database, topic: str) -> int:
+    """How many committed transactions have announced `topic` (0 if none): the version a
+    watcher polls (`watch(topic, reload, version=lambda: topic_version(db, topic))`)."""
+    async with db.session() as session:
+        found = await session.scalar(
+            select(ChangeVersion.version).where(ChangeVersion.topic == topic)
+        )
+    return int(found or 0)
+
+
+def _bump(dialect: str, topic: str) -> Any:
+    insert: Any = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(ChangeVersion).values(topic=topic, version=1)
+    return statement.on_conflict_do_update(
+        index_elements=[ChangeVersion.topic],
+        set_={"version": ChangeVersion.version + 1},
+    )
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(sync_session: Session) -> None:
+    topics: set[str] | None = sync_session.info.get(_INFO_KEY)
+    if not topics:
+        return
+    dialect = sync_session.get_bind().dialect.name
+    for topic in sorted(topics):  # one lock order for every announcing transaction
+        sync_session.execute(_bump(dialect, topic))
 
 
 @event.listens_for(Session, "after_commit")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Integer, String
+from sqlalchemy import BigInteger, CheckConstraint, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keel.core.database import Base, UTCDateTime
 
-__all__ = ["Instance"]
+__all__ = ["ChangeVersion", "Instance"]
 
 
 class Instance(Base):
@@ -23,3 +23,13 @@ class Instance(Base):
     singleton: Mapped[int] = mapped_column(Integer, unique=True, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_by_version: Mapped[str] = mapped_column(String(32))
+
+
+class ChangeVersion(Base):
+    """How many committed transactions announced a change of each topic (keel.core.changes):
+    the version a watcher polls when a notice may have been lost."""
+
+    __tablename__ = "keel_change_versions"
+
+    topic: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger())

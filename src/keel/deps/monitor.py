@@ -111,13 +111,17 @@ async def probe_now(db: Database, name: str) -> dict[str, Any]:
                 ms = (time.perf_counter() - started) * 1000
             except Exception as exc:  # noqa: BLE001
                 ok, detail = False, f"{type(exc).__name__}: {exc}"[:500]
-        title, failures, recoveries = OWN_COMPONENTS[name], 2, 1
+        shown = public_of(Public(OWN_COMPONENTS[name]), settings_for(name), name)
+        failures, recoveries = 2, 1
     else:
         dep = dependency(name)
         ok, ms, detail = await check(dep)
         spec = dep.probe or Probe()
-        title = dep.public.name if dep.public else name
+        shown = dep.public
         failures, recoveries = spec.failures, spec.recoveries
+    # A hidden component's incidents never show on the status page (status.py), so its
+    # internal name may title them; a shown one's title is its public name only.
+    title = shown.name if shown is not None else name
     async with db.transaction() as session:
         opened = await record_probe(
             session,

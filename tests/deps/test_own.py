@@ -28,6 +28,7 @@ from keel.deps.monitor import (
     report_api_slot,
 )
 from keel.deps.status import status_data
+from keel.jobs.cron import claim_slot
 
 SLOT = 60_000_000  # an API slot index: 60_000_000 * 30 s after the epoch (in 2027)
 START = datetime.fromtimestamp(SLOT * API_EVERY, UTC)
@@ -106,6 +107,19 @@ async def test_three_processes_record_one_result_per_slot_from_their_summed_coun
     }
     again = [await finish_api_slot(db, START) for _ in range(2)]
     assert again == [None, None] and len(await _api_results(db)) == 1
+
+
+async def test_a_probe_claim_named_like_the_api_does_not_take_its_slot(
+    migrated_db: Database,
+) -> None:
+    """The API's slot claim has its own prefix: a probe slot claim named `keel.api` (as a
+    user dependency of that name once made) does not stop the API's result being recorded."""
+    db = migrated_db
+    await report_api_slot(db, START, ready=True, requests=5, errors=0)
+    async with db.transaction() as session:
+        assert await claim_slot(session, f"deps.probe:{API}", START)
+    assert await finish_api_slot(db, START) is True
+    assert [r.ok for r in await _api_results(db)] == [True]
 
 
 async def test_concurrent_finishers_record_the_slot_once(migrated_db: Database) -> None:

@@ -175,3 +175,27 @@ async def test_serve_checks_the_settings_before_binding(
         await _preflight(make_config(deps={"ghost": {"sla_target": 99}}))
     assert "\n" not in caught.value.detail and caught.value.hint
     await _preflight(make_config(deps={"keel_api": {"sla_target": 99}}))
+
+
+@pytest.mark.parametrize("name", ["keel.api", "keel.database", "keel_workers", "keel-x"])
+def test_names_of_keel_components_are_reserved(name: str) -> None:
+    """Code cannot declare a dependency under a name starting `keel.`, `keel_` or `keel-`
+    (it would share a component's records and slot claims); `keelson` is fine."""
+    with pytest.raises(ValueError, match="reserved"):
+        deps.declare(name, base_url="http://127.0.0.1:9")
+    assert name not in deps.declared()
+    assert deps.declare("keelson", base_url="http://127.0.0.1:9").name == "keelson"
+
+
+async def test_a_dependency_only_settings_declare_answers_to_its_spelled_name() -> None:
+    """`[deps.image-gen]` declares `image_gen`, which `dependency` and `http` also find as
+    `image-gen` (one client); code declaring `image-gen` later replaces it, leaving one."""
+    config = Config(deps={"image-gen": {"base_url": "https://img.example", "probe_every": 9}})
+    spec.use_settings(config.deps)
+    assert deps.dependency("image-gen").name == "image_gen"
+    assert deps.http("image-gen") is deps.http("image_gen")
+    deps.declare("image-gen", base_url="http://127.0.0.1:9", probe=deps.Probe())
+    found = [name for name in deps.declared() if spec.settings_key(name) == "image_gen"]
+    assert found == ["image-gen"]
+    dep = deps.dependency("image-gen")
+    assert dep.base_url == "https://img.example" and dep.probe_every == 9.0

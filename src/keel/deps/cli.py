@@ -179,7 +179,7 @@ def probe_(
 ) -> None:
     """Probe now and record the result like a scheduled probe (exit 1 when it fails)."""
     from keel.deps.monitor import API, probe_now
-    from keel.deps.spec import declared
+    from keel.deps.spec import declared, dependency
 
     config = _config(data_dir)
     if name in (API, "keel.workers"):
@@ -187,9 +187,12 @@ def probe_(
             f"{name} cannot be probed from a shell: it is judged by the running service",
             hint="`keel deps list` shows its last result; `keel deps probe keel.database` works",
         )
-    if name != "keel.database" and name not in declared():
-        known = ", ".join(["keel.database", *sorted(declared())])
-        fail(f"no dependency {name!r} is declared", hint=f"known: {known}")
+    if name != "keel.database":
+        try:
+            name = dependency(name).name  # `image-gen` names the settings' `image_gen`
+        except LookupError:
+            known = ", ".join(["keel.database", *sorted(declared())])
+            fail(f"no dependency {name!r} is declared", hint=f"known: {known}")
     result = run(_with_db(config, lambda db: probe_now(db, name), audited=True))
     if as_json:
         print_json(result)

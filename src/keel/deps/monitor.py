@@ -204,7 +204,7 @@ async def finish_api_slot(
         row = await session.get(ApiSlot, start)
         if row is None:
             return None
-        if not await claim_slot(session, f"deps.probe:{API}", start, now=now):
+        if not await claim_slot(session, f"deps.api:{API}", start, now=now):
             return None
         await session.refresh(row)  # the claim waited for any other claimer: read its total
         ok = api_healthy(not_ready=row.not_ready, requests=row.requests, errors=row.errors)

@@ -114,6 +114,7 @@ def test_settings_naming_an_undeclared_dependency_need_a_base_url() -> None:
         ("KEEL_DEPS__TOPMEDIAI__RETRY__ATTEMPTS", "many", "deps.topmediai.retry.attempts"),
         ("KEEL_DEPS__TOPMEDIAI__BASE_URL", "ftp://x", "deps.topmediai.base_url"),
         ("KEEL_DEPS__TOPMEDIAI__NONSENSE", "1", "deps.topmediai.nonsense"),
+        ("KEEL_DEPS__TOPMEDIAI__PROBE__PATH", "healthz", "deps.topmediai.probe.path"),
     ],
 )
 def test_a_bad_value_stops_every_command_with_one_line_naming_it(
@@ -199,3 +200,16 @@ async def test_a_dependency_only_settings_declare_answers_to_its_spelled_name() 
     assert found == ["image-gen"]
     dep = deps.dependency("image-gen")
     assert dep.base_url == "https://img.example" and dep.probe_every == 9.0
+
+
+@pytest.mark.parametrize("path", ["healthz", "", "ftp://x.example/h", "/a b"])
+def test_a_probe_path_is_absolute_or_a_url(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe path neither starting with / nor an http(s) URL (`healthz` would make
+    `https://api.example.comhealthz`) is refused in code and in a deployment's variables."""
+    with pytest.raises(ValueError, match="Probe.path"):
+        deps.Probe(path)
+    monkeypatch.setenv("KEEL_DEPS__UP_STREAM__PROBE__PATH", path)
+    with pytest.raises(ValueError, match="KEEL_DEPS__UP_STREAM__PROBE__PATH"):
+        _declare_up()
+    assert deps.Probe("/healthz").path == "/healthz"
+    assert deps.Probe("https://status.example/h").path == "https://status.example/h"

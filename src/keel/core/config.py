@@ -94,7 +94,9 @@ class _Bulkhead(_Group):
 
 
 class _Probe(_Group):
-    path: str | None = Field(default=None, min_length=1, max_length=2000)
+    path: str | None = Field(
+        default=None, min_length=1, max_length=2000, pattern=r"^(/|https?://)\S*$"
+    )
     status: int | None = Field(default=None, ge=100, le=599)
     max_ms: float | None = Field(default=None, gt=0)
     failures: int | None = Field(default=None, ge=1, le=1000)

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+_PROBE_PATH = re.compile(r"(/|https?://)\S*")
 
 
 def _positive(owner: str, **values: float | None) -> None:
@@ -113,6 +114,10 @@ class Probe:
     recoveries: int = 2
 
     def __post_init__(self) -> None:
+        if not _PROBE_PATH.fullmatch(self.path):
+            raise ValueError(
+                f"Probe.path must start with / or be an http(s) URL (got {self.path!r})"
+            )
         if not 100 <= self.status <= 599:
             raise ValueError(f"Probe.status must be an HTTP status (got {self.status!r})")
         if self.failures < 1 or self.recoveries < 1:

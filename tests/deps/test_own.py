@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -120,6 +122,65 @@ async def test_a_probe_claim_named_like_the_api_does_not_take_its_slot(
         assert await claim_slot(session, f"deps.probe:{API}", START)
     assert await finish_api_slot(db, START) is True
     assert [r.ok for r in await _api_results(db)] == [True]
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Make `monitor.<name>` raise on its first call (the database went away), then work."""
+    from keel.deps import monitor
+
+    real, calls = getattr(monitor, name), []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("connection lost")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(monitor, name, flaky)
+    return calls
+
+
+async def test_a_failed_finish_is_tried_again_and_a_late_tick_catches_up(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose finishing transaction failed is recorded on the next tick, and a tick
+    coming two slots late records both slots it missed."""
+    db = migrated_db
+    for n in range(4):
+        await report_api_slot(
+            db, START + timedelta(seconds=API_EVERY * n), ready=True, requests=1, errors=0
+        )
+    calls = _failing_once(monkeypatch, "finish_api_slot")
+    monitor = Monitor(db)
+    after = (SLOT + 1) * API_EVERY + API_GRACE + 0.5  # slot SLOT's grace has passed
+    with pytest.raises(OSError, match="connection lost"):
+        await monitor.api_due(after)
+    assert await monitor.api_due(after + 1) is True, "tried again"
+    assert len(calls) == 2 and len(await _api_results(db)) == 1
+    assert await monitor.api_due(after + 3 * API_EVERY) is True  # slots +1, +2 and +3
+    assert [r.at for r in await _api_results(db)] == [
+        START + timedelta(seconds=API_EVERY * n) for n in range(4)
+    ]
+
+
+async def test_a_failed_report_keeps_its_counts_for_the_next_tick(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When writing a process's slot report fails, the next tick reports the same slot with
+    every request counted since the slot began, none lost."""
+    db = migrated_db
+    process = FakeProcess()
+    monitor = Monitor(db, api=process.reporter())
+    await monitor.api_due(SLOT * API_EVERY + 1)
+    process.requests, process.errors = 30, 3
+    _failing_once(monkeypatch, "report_api_slot")
+    with pytest.raises(OSError, match="connection lost"):
+        await monitor.api_due((SLOT + 1) * API_EVERY + 1)
+    process.requests = 31
+    await monitor.api_due((SLOT + 1) * API_EVERY + 2)
+    async with db.session() as session:
+        row = await session.get(ApiSlot, START)
+    assert row is not None and (row.reports, row.requests, row.errors) == (1, 31, 3)
 
 
 async def test_concurrent_finishers_record_the_slot_once(migrated_db: Database) -> None:

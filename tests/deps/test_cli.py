@@ -125,6 +125,24 @@ async def test_the_configuration_reaches_the_commands(
     _one_line_error(bad, "deps.extra.retry.attempts", "KEEL_DEPS__EXTRA__RETRY__ATTEMPTS")
 
 
+async def test_list_masks_credentials_in_dependency_urls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`list` (table and --json) shows a base URL and an absolute probe URL with their
+    password and token masked."""
+    monkeypatch.setenv("KEEL_DEPS__PAID__BASE_URL", "https://bot:s3cret@api.example/v1")
+    monkeypatch.setenv("KEEL_DEPS__PAID__PROBE__PATH", "https://status.example/h?token=tok123")
+    listed = await keel("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    (paid,) = [row for row in json.loads(listed.output) if row["name"] == "paid"]
+    assert paid["policy"]["base_url"] == "https://bot:***@api.example/v1"
+    assert paid["policy"]["probe"]["path"] == "https://status.example/h?token=***"
+    table = await keel("list")
+    assert table.exit_code == 0 and "bot:***@" in table.output  # the column may wrap
+    for result in (listed, table):
+        assert "s3cret" not in result.output and "tok123" not in result.output
+
+
 async def test_incidents_from_open_to_postmortem_are_audited() -> None:
     """Open, update (with a new impact), post-mortem and close an incident from the shell;
     the timeline keeps each step and the audit trail names the CLI."""

@@ -206,10 +206,28 @@ async def test_a_dependency_only_settings_declare_answers_to_its_spelled_name() 
 def test_a_probe_path_is_absolute_or_a_url(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe path neither starting with / nor an http(s) URL (`healthz` would make
     `https://api.example.comhealthz`) is refused in code and in a deployment's variables."""
-    with pytest.raises(ValueError, match="Probe.path"):
+    with pytest.raises(ValueError, match=r"Probe\.path"):
         deps.Probe(path)
     monkeypatch.setenv("KEEL_DEPS__UP_STREAM__PROBE__PATH", path)
     with pytest.raises(ValueError, match="KEEL_DEPS__UP_STREAM__PROBE__PATH"):
         _declare_up()
     assert deps.Probe("/healthz").path == "/healthz"
     assert deps.Probe("https://status.example/h").path == "https://status.example/h"
+
+
+def test_the_configuration_masks_credentials_in_dependency_urls() -> None:
+    """`Config.redacted()` and `repr(config)` mask the password of a dependency's base URL
+    and the token of an absolute probe URL."""
+    config = Config(
+        deps={
+            "paid": {
+                "base_url": "https://bot:s3cret@api.example/v1",
+                "probe": {"path": "https://status.example/h?token=tok123"},
+            }
+        }
+    )
+    shown = config.redacted()["deps"]["paid"]
+    assert shown["base_url"] == "https://bot:***@api.example/v1"
+    assert shown["probe"]["path"] == "https://status.example/h?token=***"
+    for text in (str(config.redacted()), repr(config), str(config)):
+        assert "s3cret" not in text and "tok123" not in text, text

@@ -37,6 +37,18 @@ def _env(config: Config, tmp_path: Path, toml: Path, **extra: str) -> dict[str, 
     )
 
 
+def _spawn_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`keel worker` serving the default queue, its output in `log`."""
+    with log.open("wb") as output:  # the child keeps its own copy of the file
+        return subprocess.Popen(
+            [sys.executable, "-m", "keel", "worker", "--queues", "default"],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
 async def test_a_standalone_worker_probes_with_the_keel_toml_settings(
     config: Config, migrated_db: Database, upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -50,14 +62,7 @@ async def test_a_standalone_worker_probes_with_the_keel_toml_settings(
     async with migrated_db.transaction() as session:
         job = await enqueue(session, PROBE_KIND, {"name": "extra"})
     log = tmp_path / "worker.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "keel", "worker", "--queues", "default"],
-            cwd=ROOT,
-            env=_env(config, tmp_path, toml),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    process = _spawn_worker(_env(config, tmp_path, toml), log)
     try:
         deadline = time.monotonic() + 40
         state = "available"

@@ -92,13 +92,18 @@ def _operate(
 def _policy(dep: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from keel.core.config import redact_url
+
+    probe = asdict(dep.probe) if dep.probe else None
+    if probe is not None:
+        probe["path"] = redact_url(probe["path"])  # an absolute probe URL may carry a token
     return {
-        "base_url": dep.base_url,
+        "base_url": redact_url(dep.base_url),
         "timeouts": asdict(dep.timeouts),
         "retry": asdict(dep.retry),
         "breaker": asdict(dep.breaker),
         "concurrency": asdict(dep.concurrency),
-        "probe": asdict(dep.probe) if dep.probe else None,
+        "probe": probe,
         "probe_every": dep.probe_every,
         "public": asdict(dep.public) if dep.public else None,
     }

@@ -284,6 +284,9 @@ def test_sla_arithmetic_is_exact() -> None:
     assert service.budget_left(up(9, 10), 100.0) == 0.0
     assert service.sla(up(9, 10), 100.0, 7)["met"] is False
     assert service.sla(up(3, 4), 75.0, 7)["met"] is True
+    below = service.sla(up(9989, 9999), 99.9, 30)  # 99.89998…: rounds DOWN, never to 99.9
+    assert (below["achieved"], below["met"]) == (99.899, False)
+    assert up(2, 3).percent == 66.666 and up(99_999_9, 100_000_0).percent == 99.999
     assert service.sla(up(0, 0), 99.9, 30) == {
         "target": 99.9,
         "window_days": 30,
@@ -354,7 +357,7 @@ async def test_the_sla_on_the_page_uses_its_window_and_leaves_maintenance_out(
         "budget_left": 0.0,
     }
     assert shown["Generation"]["uptime"]["7d"] == 99.0
-    assert shown["Generation"]["uptime"]["90d"] == round(100 * 99 / 105, 3)
+    assert shown["Generation"]["uptime"]["90d"] == 94.285  # 94.2857…, rounded down
     assert shown["Database"]["sla"]["target"] == 95.0
     assert shown["Database"]["sla"]["window_days"] == 3 and shown["Database"]["sla"]["met"]
     assert shown["Public API"]["sla"]["achieved"] is None

@@ -318,6 +318,7 @@ def incidents_open(  # noqa: PLR0917 - one parameter per option
     """Open an incident by hand."""
     from keel.deps.service import open_incident
 
+    _impact(impact)
     config = _config(data_dir)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
@@ -342,6 +343,7 @@ def incidents_update(
     """Add an update to an incident's timeline, optionally with a new impact."""
     from keel.deps.service import add_update
 
+    _impact(impact)
     config = _config(data_dir)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
@@ -406,10 +408,30 @@ def _moment(value: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        fail(f"{option} {value!r} is not a date and time", hint="e.g. 2026-12-24T02:00+00:00")
+        fail(
+            f"{option} {value!r} is not a date and time",
+            hint="e.g. 2026-12-24T02:00+00:00",
+            code=2,
+        )
     if moment.tzinfo is None:
-        fail(f"{option} {value!r} has no time zone offset", hint="e.g. 2026-12-24T02:00+09:00")
+        fail(
+            f"{option} {value!r} has no time zone offset",
+            hint="e.g. 2026-12-24T02:00+09:00",
+            code=2,
+        )
     return moment
+
+
+def _impact(impact: str | None) -> None:
+    """Refuse an unknown --impact as a bad argument (exit 2) before touching anything."""
+    from keel.deps.service import IMPACTS
+
+    if impact is not None and impact not in IMPACTS:
+        fail(
+            f"impact must be one of {', '.join(IMPACTS)} (got {impact!r})",
+            hint="--impact none, minor, major or critical",
+            code=2,
+        )
 
 
 @maintenance.command("list")
@@ -503,6 +525,7 @@ def maintenance_remove(
         str, typer.Argument(help="The window's id (`keel deps maintenance list`).")
     ],
     data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Remove a maintenance window."""
     from keel.deps.service import remove_maintenance
@@ -513,7 +536,10 @@ def maintenance_remove(
         lambda session: remove_maintenance(session, window_id),
         hint="`keel deps maintenance list` shows the windows and their ids",
     )
-    out.print(f"Removed maintenance window {window_id}.", highlight=False)
+    if as_json:
+        print_json({"id": window_id, "removed": True})
+    else:
+        out.print(f"Removed maintenance window {window_id}.", highlight=False)
 
 
 def deps_cli() -> typer.Typer:

@@ -133,6 +133,29 @@ def test_a_bad_value_stops_every_command_with_one_line_naming_it(
     assert variable in lines[1]
 
 
+@pytest.mark.parametrize(
+    "command", [("config", "show"), ("db", "upgrade"), ("db", "current"), ("doctor",)]
+)
+def test_settings_the_declarations_refuse_stop_every_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A setting only applying it can refuse (a dependency no code declares, without a base
+    URL) stops each command, not only serve and `keel deps`, with one line naming it, exit
+    2, before touching the database."""
+    from keel.app import builtin_modules
+    from keel.cli import app
+
+    builtin_modules()  # as `keel`'s main() does: the modules register their hooks
+    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KEEL_DEPS__GHOST__SLA_TARGET", "99")
+    result = CliRunner().invoke(app, list(command))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("keel: error: invalid configuration: deps.ghost: "), lines
+    assert len(lines) == 2 and "KEEL_DEPS" in lines[1]
+    assert not (tmp_path / "data").exists(), "nothing was created"
+
+
 async def test_a_kernel_applies_its_settings_at_start_and_refuses_bad_ones(
     make_config: Callable[..., Config], upstream: Upstream
 ) -> None:

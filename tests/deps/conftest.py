@@ -24,6 +24,7 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 @pytest.fixture(autouse=True)
 async def _fresh_deps() -> AsyncIterator[None]:
+    spec.use_settings(None)  # nor does an earlier test's (a command applies its configuration)
     before = spec.declared()
     await deps_client.configure()
     yield

@@ -214,14 +214,15 @@ async def test_the_status_page_shows_own_and_configured_components_without_inter
             detail="OperationalError: connection to db-primary.internal (10.9.8.7) refused",
             at=now - timedelta(seconds=5),
         )
-        await service.record_probe(
-            session,
-            "billing",
-            ok=False,
-            latency_ms=912.0,
-            detail="ConnectError: billing.internal.example:8443 /secret-health",
-            at=now - timedelta(seconds=5),
-        )
+        for n in range(3):  # enough failures in a row to open the automatic incident
+            await service.record_probe(
+                session,
+                "billing",
+                ok=False,
+                latency_ms=912.0,
+                detail="ConnectError: billing.internal.example:8443 /secret-health",
+                at=now - timedelta(seconds=7 - n),
+            )
     async with org.client() as http:
         page = await http.get("/status")
         data = (await http.get("/status.json")).json()
@@ -231,6 +232,10 @@ async def test_the_status_page_shows_own_and_configured_components_without_inter
     assert shown["API"]["sla"]["target"] == 99.5 and shown["API"]["sla"]["window_days"] == 7
     assert shown["API"]["sla"]["achieved"] == 0.0 and shown["API"]["sla"]["met"] is False
     assert shown["Database"]["state"] == "degraded"
+    assert shown["Billing"]["state"] == "outage"
+    assert [(i["title"], i["component"]) for i in data["incidents"]] == [
+        ("Billing is unavailable", "Billing")
+    ]
     assert "SLA: target 99.5 % over 7 days" in page.text
     for text in (page.text, str(data)):
         for secret in (
@@ -244,6 +249,7 @@ async def test_the_status_page_shows_own_and_configured_components_without_inter
             "912",
             "not ready",
             "requests answered 5xx",
+            "billing is",
             API,
         ):
             assert secret not in text, secret

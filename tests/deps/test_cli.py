@@ -74,9 +74,9 @@ async def _audit_actions() -> list[tuple[str, str]]:
         await db.dispose()
 
 
-def _one_line_error(result: Result, text: str, hint: str | None = None) -> None:
+def _one_line_error(result: Result, text: str, hint: str | None = None, code: int = 1) -> None:
     lines = result.output.strip().splitlines()
-    assert result.exit_code in (1, 2), result.output
+    assert result.exit_code == code, (code, result.output)
     assert lines[0].startswith("keel: error: ") and text in lines[0], lines
     if hint is not None:
         assert len(lines) == 2 and lines[1].strip().startswith("hint:") and hint in lines[1]
@@ -122,7 +122,25 @@ async def test_the_configuration_reaches_the_commands(
     monkeypatch.setenv("KEEL_DEPS__EXTRA__RETRY__ATTEMPTS", "0")
     bad = await keel("list")
     assert bad.exit_code == 2
-    _one_line_error(bad, "deps.extra.retry.attempts", "KEEL_DEPS__EXTRA__RETRY__ATTEMPTS")
+    _one_line_error(bad, "deps.extra.retry.attempts", "KEEL_DEPS__EXTRA__RETRY__ATTEMPTS", 2)
+
+
+async def test_list_masks_credentials_in_dependency_urls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`list` (table and --json) shows a base URL and an absolute probe URL with their
+    password and token masked."""
+    monkeypatch.setenv("KEEL_DEPS__PAID__BASE_URL", "https://bot:s3cret@api.example/v1")
+    monkeypatch.setenv("KEEL_DEPS__PAID__PROBE__PATH", "https://status.example/h?token=tok123")
+    listed = await keel("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    (paid,) = [row for row in json.loads(listed.output) if row["name"] == "paid"]
+    assert paid["policy"]["base_url"] == "https://bot:***@api.example/v1"
+    assert paid["policy"]["probe"]["path"] == "https://status.example/h?token=***"
+    table = await keel("list")
+    assert table.exit_code == 0 and "bot:***@" in table.output  # the column may wrap
+    for result in (listed, table):
+        assert "s3cret" not in result.output and "tok123" not in result.output
 
 
 async def test_incidents_from_open_to_postmortem_are_audited() -> None:
@@ -188,13 +206,17 @@ async def test_maintenance_add_list_remove() -> None:
     removed = await keel("maintenance", "remove", rows[0]["id"])
     assert removed.exit_code == 0 and rows[0]["id"] in removed.output
     assert await _count(Maintenance) == 1
+    as_json = await keel("maintenance", "remove", rows[1]["id"], "--json")
+    assert json.loads(as_json.output) == {"id": rows[1]["id"], "removed": True}
+    assert await _count(Maintenance) == 0
     actions = [a for a, _ in await _audit_actions() if a.startswith("maintenance.")]
-    assert actions == ["maintenance.create", "maintenance.create", "maintenance.delete"]
+    assert actions == ["maintenance.create", "maintenance.create", *["maintenance.delete"] * 2]
 
 
 async def test_bad_input_fails_in_one_line_and_changes_nothing() -> None:
     """Unknown ids and names, bad impacts, cron expressions, time zones and times each fail
-    with one line and a hint; nothing is written."""
+    with one line and a hint, exit 2 for a malformed argument and 1 for what the service
+    refuses; nothing is written."""
     opened = json.loads((await keel("incidents", "open", "Outage", "--json")).output)
     assert (await keel("incidents", "close", opened["id"])).exit_code == 0
     incidents_before, audit_before = await _count(Incident), len(await _audit_actions())
@@ -202,10 +224,10 @@ async def test_bad_input_fails_in_one_line_and_changes_nothing() -> None:
         (("incidents", "show", "nope"), "no incident 'nope'", "keel deps incidents list"),
         (("incidents", "update", "nope", "x"), "no incident 'nope'", "incidents list"),
         (("incidents", "close", opened["id"]), "already resolved", "incidents list"),
-        (("incidents", "open", "X", "--impact", "huge"), "impact must be one of", "critical"),
+        (("incidents", "open", "X", "--impact", "huge"), "impact must be one of", "critical", 2),
         (("incidents", "open", "  "), "needs a title", None),
         (("incidents", "postmortem", "nope", "x"), "no incident 'nope'", "incidents list"),
-        (("incidents", "list", "--state", "closed"), "--state must be open or resolved", None),
+        (("incidents", "list", "--state", "closed"), "--state must be open or resolved", None, 2),
         (("maintenance", "remove", "nope"), "no maintenance window", "maintenance list"),
         (("maintenance", "add", "W", "--cron", "bad", "--minutes", "5"), "not a cron", "--cron"),
         (
@@ -218,8 +240,9 @@ async def test_bad_input_fails_in_one_line_and_changes_nothing() -> None:
             ("maintenance", "add", "W", "--starts-at", "2026-01-01T00:00", "--ends-at", "x"),
             "no time zone offset",
             "+09:00",
+            2,
         ),
-        (("maintenance", "add", "W", "--starts-at", "yesterday"), "not a date", "2026-12-24"),
+        (("maintenance", "add", "W", "--starts-at", "yesterday"), "not a date", "2026-12-24", 2),
         (
             (
                 "maintenance",
@@ -233,13 +256,21 @@ async def test_bad_input_fails_in_one_line_and_changes_nothing() -> None:
             "ends_at must be after starts_at",
             None,
         ),
-        (("maintenance", "add", "W", "--cron", "0 3 * * *", "--starts-at", "x"), "not both", None),
+        (
+            ("maintenance", "add", "W", "--cron", "0 3 * * *", "--starts-at", "x"),
+            "not both",
+            None,
+            2,
+        ),
         (("probe", "nope"), "no dependency 'nope'", "known: keel.database"),
         (("probe", "keel.api"), "cannot be probed from a shell", "keel deps list"),
         (("probe", "keel.workers"), "cannot be probed from a shell", None),
     ]
-    for args, text, hint in cases:
-        _one_line_error(await keel(*args), text, hint)
+    cases.append(
+        (("incidents", "update", opened["id"], "x", "--impact", "huge"), "impact", None, 2)
+    )
+    for args, text, hint, *code in cases:
+        _one_line_error(await keel(*args), text, hint, *code)
     assert await _count(Incident) == incidents_before
     assert await _count(Maintenance) == 0 and await _count(ProbeResult) == 0
     assert len(await _audit_actions()) == audit_before

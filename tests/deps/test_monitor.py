@@ -275,3 +275,78 @@ async def test_a_request_queued_during_an_outage_runs_after_recovery(
         )
         count = await session.scalar(select(func.count()).where(Job.id == queued.id))
     assert "dependency_unavailable" in classes and count == 1
+
+
+async def test_hidden_components_incidents_stay_off_the_status_page(
+    migrated_db: Database, upstream: Upstream
+) -> None:
+    """Three failed probes of a dependency hidden by configuration (`public = false`) and of
+    `keel.workers` hidden likewise open incidents operators see, but the page shows neither
+    incident nor name, open or resolved, and the overall state stays operational."""
+    from keel.core.config import DependencySettings
+    from keel.deps import spec
+    from keel.deps.monitor import probe_now
+
+    deps.declare(
+        "up-stream",
+        base_url=upstream.url,
+        probe=deps.Probe("/health", failures=3, recoveries=1),
+        public=deps.Public("Uploads"),
+    )
+    deps.declare("internal-cache", base_url=upstream.url, probe=deps.Probe("/c", failures=3))
+    spec.use_settings(
+        {
+            "up_stream": DependencySettings(public=False),
+            "keel_workers": DependencySettings(public=False),
+        }
+    )
+    upstream.default = Behaviour(status=503)
+    for _ in range(3):
+        await probe_now(migrated_db, "up-stream")
+        await probe_now(migrated_db, "internal-cache")
+    now = datetime.now(UTC)
+    for n in range(3):
+        await _probe(migrated_db, False, now - timedelta(seconds=3 - n), "keel.workers")
+    upstream.default = Behaviour()
+    await probe_now(migrated_db, "up-stream")  # resolves its incident: history, not live
+    incidents = await _incidents(migrated_db)
+    assert {(i.component, i.state) for i in incidents} == {
+        ("up-stream", "resolved"),
+        ("internal-cache", "open"),
+        ("keel.workers", "open"),
+    }
+    data = await status_data(migrated_db, now=datetime.now(UTC))
+    assert data["incidents"] == [] and data["history"] == []
+    assert data["status"] == "operational"
+    assert {c["name"] for c in data["components"]} == {"API", "Database"}
+    text = str(data)
+    for secret in ("up-stream", "Uploads", "internal-cache", "Background jobs", "keel."):
+        assert secret not in text, secret
+    async with migrated_db.transaction() as session:  # one for no component: public
+        await service.open_incident(session, title="Slow pages", impact="minor")
+    data = await status_data(migrated_db, now=datetime.now(UTC))
+    assert [i["title"] for i in data["incidents"]] == ["Slow pages"]
+    assert data["status"] == "degraded"
+
+
+async def test_automatic_incidents_carry_the_components_public_name(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing `keel.database` probe named "Primary store" by configuration opens an
+    incident titled by that name, and the page titles it by the name in force when shown."""
+    from sqlalchemy import text
+
+    from keel.core.config import DependencySettings
+    from keel.deps import monitor, spec
+
+    spec.use_settings({"keel_database": DependencySettings(public_name="Primary store")})
+    monkeypatch.setattr(monitor, "text", lambda _sql: text("SELECT no_such_function()"))
+    for _ in range(2):
+        assert (await monitor.probe_now(migrated_db, "keel.database"))["ok"] is False
+    (incident,) = await _incidents(migrated_db)
+    assert incident.title == "Primary store is unavailable"
+    spec.use_settings({"keel_database": DependencySettings(public_name="Storage")})
+    data = await status_data(migrated_db, now=datetime.now(UTC))
+    assert [(i["title"], i["component"]) for i in data["incidents"]] == [
+        ("Storage is unavailable", "Storage")
+    ]

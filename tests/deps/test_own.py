@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
@@ -28,6 +30,7 @@ from keel.deps.monitor import (
     report_api_slot,
 )
 from keel.deps.status import status_data
+from keel.jobs.cron import claim_slot
 
 SLOT = 60_000_000  # an API slot index: 60_000_000 * 30 s after the epoch (in 2027)
 START = datetime.fromtimestamp(SLOT * API_EVERY, UTC)
@@ -106,6 +109,78 @@ async def test_three_processes_record_one_result_per_slot_from_their_summed_coun
     }
     again = [await finish_api_slot(db, START) for _ in range(2)]
     assert again == [None, None] and len(await _api_results(db)) == 1
+
+
+async def test_a_probe_claim_named_like_the_api_does_not_take_its_slot(
+    migrated_db: Database,
+) -> None:
+    """The API's slot claim has its own prefix: a probe slot claim named `keel.api` (as a
+    user dependency of that name once made) does not stop the API's result being recorded."""
+    db = migrated_db
+    await report_api_slot(db, START, ready=True, requests=5, errors=0)
+    async with db.transaction() as session:
+        assert await claim_slot(session, f"deps.probe:{API}", START)
+    assert await finish_api_slot(db, START) is True
+    assert [r.ok for r in await _api_results(db)] == [True]
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Make `monitor.<name>` raise on its first call (the database went away), then work."""
+    from keel.deps import monitor
+
+    real, calls = getattr(monitor, name), []
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("connection lost")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(monitor, name, flaky)
+    return calls
+
+
+async def test_a_failed_finish_is_tried_again_and_a_late_tick_catches_up(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose finishing transaction failed is recorded on the next tick, and a tick
+    coming two slots late records both slots it missed."""
+    db = migrated_db
+    for n in range(4):
+        await report_api_slot(
+            db, START + timedelta(seconds=API_EVERY * n), ready=True, requests=1, errors=0
+        )
+    calls = _failing_once(monkeypatch, "finish_api_slot")
+    monitor = Monitor(db)
+    after = (SLOT + 1) * API_EVERY + API_GRACE + 0.5  # slot SLOT's grace has passed
+    with pytest.raises(OSError, match="connection lost"):
+        await monitor.api_due(after)
+    assert await monitor.api_due(after + 1) is True, "tried again"
+    assert len(calls) == 2 and len(await _api_results(db)) == 1
+    assert await monitor.api_due(after + 3 * API_EVERY) is True  # slots +1, +2 and +3
+    assert [r.at for r in await _api_results(db)] == [
+        START + timedelta(seconds=API_EVERY * n) for n in range(4)
+    ]
+
+
+async def test_a_failed_report_keeps_its_counts_for_the_next_tick(
+    migrated_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When writing a process's slot report fails, the next tick reports the same slot with
+    every request counted since the slot began, none lost."""
+    db = migrated_db
+    process = FakeProcess()
+    monitor = Monitor(db, api=process.reporter())
+    await monitor.api_due(SLOT * API_EVERY + 1)
+    process.requests, process.errors = 30, 3
+    _failing_once(monkeypatch, "report_api_slot")
+    with pytest.raises(OSError, match="connection lost"):
+        await monitor.api_due((SLOT + 1) * API_EVERY + 1)
+    process.requests = 31
+    await monitor.api_due((SLOT + 1) * API_EVERY + 2)
+    async with db.session() as session:
+        row = await session.get(ApiSlot, START)
+    assert row is not None and (row.reports, row.requests, row.errors) == (1, 31, 3)
 
 
 async def test_concurrent_finishers_record_the_slot_once(migrated_db: Database) -> None:
@@ -209,6 +284,9 @@ def test_sla_arithmetic_is_exact() -> None:
     assert service.budget_left(up(9, 10), 100.0) == 0.0
     assert service.sla(up(9, 10), 100.0, 7)["met"] is False
     assert service.sla(up(3, 4), 75.0, 7)["met"] is True
+    below = service.sla(up(9989, 9999), 99.9, 30)  # 99.89998…: rounds DOWN, never to 99.9
+    assert (below["achieved"], below["met"]) == (99.899, False)
+    assert up(2, 3).percent == 66.666 and up(99_999_9, 100_000_0).percent == 99.999
     assert service.sla(up(0, 0), 99.9, 30) == {
         "target": 99.9,
         "window_days": 30,
@@ -279,7 +357,7 @@ async def test_the_sla_on_the_page_uses_its_window_and_leaves_maintenance_out(
         "budget_left": 0.0,
     }
     assert shown["Generation"]["uptime"]["7d"] == 99.0
-    assert shown["Generation"]["uptime"]["90d"] == round(100 * 99 / 105, 3)
+    assert shown["Generation"]["uptime"]["90d"] == 94.285  # 94.2857…, rounded down
     assert shown["Database"]["sla"]["target"] == 95.0
     assert shown["Database"]["sla"]["window_days"] == 3 and shown["Database"]["sla"]["met"]
     assert shown["Public API"]["sla"]["achieved"] is None

@@ -114,6 +114,7 @@ def test_settings_naming_an_undeclared_dependency_need_a_base_url() -> None:
         ("KEEL_DEPS__TOPMEDIAI__RETRY__ATTEMPTS", "many", "deps.topmediai.retry.attempts"),
         ("KEEL_DEPS__TOPMEDIAI__BASE_URL", "ftp://x", "deps.topmediai.base_url"),
         ("KEEL_DEPS__TOPMEDIAI__NONSENSE", "1", "deps.topmediai.nonsense"),
+        ("KEEL_DEPS__TOPMEDIAI__PROBE__PATH", "healthz", "deps.topmediai.probe.path"),
     ],
 )
 def test_a_bad_value_stops_every_command_with_one_line_naming_it(
@@ -132,11 +133,36 @@ def test_a_bad_value_stops_every_command_with_one_line_naming_it(
     assert variable in lines[1]
 
 
+@pytest.mark.parametrize(
+    "command", [("config", "show"), ("db", "upgrade"), ("db", "current"), ("doctor",)]
+)
+def test_settings_the_declarations_refuse_stop_every_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A setting only applying it can refuse (a dependency no code declares, without a base
+    URL) stops each command, not only serve and `keel deps`, with one line naming it, exit
+    2, before touching the database."""
+    from keel.app import builtin_modules
+    from keel.cli import app
+
+    builtin_modules()  # as `keel`'s main() does: the modules register their hooks
+    monkeypatch.setenv("KEEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KEEL_DEPS__GHOST__SLA_TARGET", "99")
+    result = CliRunner().invoke(app, list(command))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("keel: error: invalid configuration: deps.ghost: "), lines
+    assert len(lines) == 2 and "KEEL_DEPS" in lines[1]
+    assert not (tmp_path / "data").exists(), "nothing was created"
+
+
 async def test_a_kernel_applies_its_settings_at_start_and_refuses_bad_ones(
     make_config: Callable[..., Config], upstream: Upstream
 ) -> None:
-    """Started with settings, the kernel's clients use them (one attempt instead of four);
-    settings naming an undeclared dependency without a base URL stop the start."""
+    """Started with settings, the kernel's clients use them (one attempt instead of four), and
+    still after its shutdown hooks ran (an in-process worker may drain jobs calling the
+    dependency then); settings naming an undeclared dependency without a base URL stop the
+    start."""
     _declare_up(upstream.url)
     config = make_config(deps={"up_stream": {"retry": {"attempts": 1}}})
     application = create_app(config, configure_logs=False)
@@ -144,7 +170,7 @@ async def test_a_kernel_applies_its_settings_at_start_and_refuses_bad_ones(
         upstream.default = Behaviour(status=503)
         response = await deps.http("up-stream").get("/x")
         assert response.status_code == 503 and len(upstream.hits) == 1
-    assert deps.dependency("up-stream").retry.attempts == 4, "back to code's policy"
+    assert deps.dependency("up-stream").retry.attempts == 1, "still the deployment's policy"
     bad = create_app(make_config(deps={"ghost": {"sla_target": 99}}), configure_logs=False)
     with pytest.raises(StartupError, match=r"deps\.ghost"):
         async with LifespanManager(bad):
@@ -173,3 +199,58 @@ async def test_serve_checks_the_settings_before_binding(
         await _preflight(make_config(deps={"ghost": {"sla_target": 99}}))
     assert "\n" not in caught.value.detail and caught.value.hint
     await _preflight(make_config(deps={"keel_api": {"sla_target": 99}}))
+
+
+@pytest.mark.parametrize("name", ["keel.api", "keel.database", "keel_workers", "keel-x"])
+def test_names_of_keel_components_are_reserved(name: str) -> None:
+    """Code cannot declare a dependency under a name starting `keel.`, `keel_` or `keel-`
+    (it would share a component's records and slot claims); `keelson` is fine."""
+    with pytest.raises(ValueError, match="reserved"):
+        deps.declare(name, base_url="http://127.0.0.1:9")
+    assert name not in deps.declared()
+    assert deps.declare("keelson", base_url="http://127.0.0.1:9").name == "keelson"
+
+
+async def test_a_dependency_only_settings_declare_answers_to_its_spelled_name() -> None:
+    """`[deps.image-gen]` declares `image_gen`, which `dependency` and `http` also find as
+    `image-gen` (one client); code declaring `image-gen` later replaces it, leaving one."""
+    config = Config(deps={"image-gen": {"base_url": "https://img.example", "probe_every": 9}})
+    spec.use_settings(config.deps)
+    assert deps.dependency("image-gen").name == "image_gen"
+    assert deps.http("image-gen") is deps.http("image_gen")
+    deps.declare("image-gen", base_url="http://127.0.0.1:9", probe=deps.Probe())
+    found = [name for name in deps.declared() if spec.settings_key(name) == "image_gen"]
+    assert found == ["image-gen"]
+    dep = deps.dependency("image-gen")
+    assert dep.base_url == "https://img.example" and dep.probe_every == 9.0
+
+
+@pytest.mark.parametrize("path", ["healthz", "", "ftp://x.example/h", "/a b"])
+def test_a_probe_path_is_absolute_or_a_url(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe path neither starting with / nor an http(s) URL (`healthz` would make
+    `https://api.example.comhealthz`) is refused in code and in a deployment's variables."""
+    with pytest.raises(ValueError, match=r"Probe\.path"):
+        deps.Probe(path)
+    monkeypatch.setenv("KEEL_DEPS__UP_STREAM__PROBE__PATH", path)
+    with pytest.raises(ValueError, match="KEEL_DEPS__UP_STREAM__PROBE__PATH"):
+        _declare_up()
+    assert deps.Probe("/healthz").path == "/healthz"
+    assert deps.Probe("https://status.example/h").path == "https://status.example/h"
+
+
+def test_the_configuration_masks_credentials_in_dependency_urls() -> None:
+    """`Config.redacted()` and `repr(config)` mask the password of a dependency's base URL
+    and the token of an absolute probe URL."""
+    config = Config(
+        deps={
+            "paid": {
+                "base_url": "https://bot:s3cret@api.example/v1",
+                "probe": {"path": "https://status.example/h?token=tok123"},
+            }
+        }
+    )
+    shown = config.redacted()["deps"]["paid"]
+    assert shown["base_url"] == "https://bot:***@api.example/v1"
+    assert shown["probe"]["path"] == "https://status.example/h?token=***"
+    for text in (str(config.redacted()), repr(config), str(config)):
+        assert "s3cret" not in text and "tok123" not in text, text

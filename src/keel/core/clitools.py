@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -26,6 +26,7 @@ __all__ = [
     "err",
     "fail",
     "load_config",
+    "on_config",
     "out",
     "print_json",
     "run",
@@ -52,10 +53,22 @@ def fail(message: str, *, hint: str | None = None, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+_CONFIG_HOOKS: dict[str, Callable[[Config], None]] = {}
+
+
+def on_config(name: str, hook: Callable[[Config], None]) -> None:
+    """Run `hook` on the configuration every command loads (`keel worker` and `keel serve`
+    included), once it is read: a module applies its part of the configuration to the process
+    there. A hook raising a KeelError stops the command with its one line (exit 2). `name`
+    identifies the hook: registering it again replaces it."""
+    _CONFIG_HOOKS[name] = hook
+
+
 def load_config(**overrides: Any) -> Config:
-    """The configuration from environment and `keel.toml`, with command-line overrides."""
+    """The configuration from environment and `keel.toml`, with command-line overrides, after
+    every `on_config` hook applied it to this process."""
     try:
-        return Config(**{k: v for k, v in overrides.items() if v is not None})
+        config = Config(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "configuration"
@@ -65,6 +78,12 @@ def load_config(**overrides: Any) -> Config:
             hint=f"check KEEL_{field.upper().replace('.', '__')} (or `{field}` in keel.toml)",
             code=2,
         )
+    for hook in list(_CONFIG_HOOKS.values()):
+        try:
+            hook(config)
+        except KeelError as exc:
+            fail(exc.detail, hint=exc.hint, code=2)
+    return config
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

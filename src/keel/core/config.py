@@ -94,7 +94,9 @@ class _Bulkhead(_Group):
 
 
 class _Probe(_Group):
-    path: str | None = Field(default=None, min_length=1, max_length=2000)
+    path: str | None = Field(
+        default=None, min_length=1, max_length=2000, pattern=r"^(/|https?://)\S*$"
+    )
     status: int | None = Field(default=None, ge=100, le=599)
     max_ms: float | None = Field(default=None, gt=0)
     failures: int | None = Field(default=None, ge=1, le=1000)
@@ -116,6 +118,18 @@ class DependencySettings(_Group):
     public_name: str | None = Field(default=None, min_length=1, max_length=100)
     sla_target: float | None = Field(default=None, gt=0, le=100)
     sla_window_days: int | None = Field(default=None, ge=1, le=365)
+
+
+def _redacted_dependency(settings: DependencySettings) -> dict[str, Any]:
+    """A dependency's settings as plain data, its URLs (base URL, an absolute probe path)
+    with any password or token masked."""
+    data = settings.model_dump(mode="json", exclude_none=True)
+    if "base_url" in data:
+        data["base_url"] = redact_url(data["base_url"])
+    probe = data.get("probe")
+    if probe and "path" in probe:
+        probe["path"] = redact_url(probe["path"])
+    return data
 
 
 class Config(BaseSettings):
@@ -557,6 +571,8 @@ class Config(BaseSettings):
         for name, value in super().__repr_args__():
             if name in ("database_url", "redis_url") and isinstance(value, str):
                 yield name, redact_url(value)
+            elif name == "deps":
+                yield name, self.redacted()["deps"]
             else:
                 yield name, value
 
@@ -570,10 +586,6 @@ class Config(BaseSettings):
         if self.redis_url:
             data["redis_url"] = redact_url(self.redis_url)
         data["deps"] = {
-            name: {
-                key: redact_url(value) if key == "base_url" else value
-                for key, value in settings.model_dump(mode="json", exclude_none=True).items()
-            }
-            for name, settings in self.deps.items()
+            name: _redacted_dependency(settings) for name, settings in self.deps.items()
         }
         return data

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel.core.config import redact_url
 from keel.core.errors import Forbidden, NotFound, problem_responses
 from keel.core.guards import register_guard
 from keel.core.principal import Principal, require
@@ -102,7 +103,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
                 items.append(
                     {
                         "name": name,
-                        "base_url": dep.base_url,
+                        "base_url": redact_url(dep.base_url),
                         "public_name": dep.public.name if dep.public else None,
                         "breaker": breaker.snapshot() if breaker else {"state": "closed"},
                         "in_flight": bulkhead.in_flight if bulkhead else 0,

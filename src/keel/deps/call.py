@@ -33,6 +33,7 @@ async def call(
     """`await fn(http(name))`; when the dependency is unavailable, the last good result for
     `cache_key` (when given and known), else `fallback` (a value, or a function of the
     `DependencyUnavailable`, sync or async), else the error itself."""
+    name = dependency(name).name  # one cache and one count per dependency
     rt = runtime()
     try:
         result = await fn(http(name))

@@ -92,13 +92,18 @@ def _operate(
 def _policy(dep: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
+    from keel.core.config import redact_url
+
+    probe = asdict(dep.probe) if dep.probe else None
+    if probe is not None:
+        probe["path"] = redact_url(probe["path"])  # an absolute probe URL may carry a token
     return {
-        "base_url": dep.base_url,
+        "base_url": redact_url(dep.base_url),
         "timeouts": asdict(dep.timeouts),
         "retry": asdict(dep.retry),
         "breaker": asdict(dep.breaker),
         "concurrency": asdict(dep.concurrency),
-        "probe": asdict(dep.probe) if dep.probe else None,
+        "probe": probe,
         "probe_every": dep.probe_every,
         "public": asdict(dep.public) if dep.public else None,
     }
@@ -179,7 +184,7 @@ def probe_(
 ) -> None:
     """Probe now and record the result like a scheduled probe (exit 1 when it fails)."""
     from keel.deps.monitor import API, probe_now
-    from keel.deps.spec import declared
+    from keel.deps.spec import declared, dependency
 
     config = _config(data_dir)
     if name in (API, "keel.workers"):
@@ -187,9 +192,12 @@ def probe_(
             f"{name} cannot be probed from a shell: it is judged by the running service",
             hint="`keel deps list` shows its last result; `keel deps probe keel.database` works",
         )
-    if name != "keel.database" and name not in declared():
-        known = ", ".join(["keel.database", *sorted(declared())])
-        fail(f"no dependency {name!r} is declared", hint=f"known: {known}")
+    if name != "keel.database":
+        try:
+            name = dependency(name).name  # `image-gen` names the settings' `image_gen`
+        except LookupError:
+            known = ", ".join(["keel.database", *sorted(declared())])
+            fail(f"no dependency {name!r} is declared", hint=f"known: {known}")
     result = run(_with_db(config, lambda db: probe_now(db, name), audited=True))
     if as_json:
         print_json(result)
@@ -310,6 +318,7 @@ def incidents_open(  # noqa: PLR0917 - one parameter per option
     """Open an incident by hand."""
     from keel.deps.service import open_incident
 
+    _impact(impact)
     config = _config(data_dir)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
@@ -334,6 +343,7 @@ def incidents_update(
     """Add an update to an incident's timeline, optionally with a new impact."""
     from keel.deps.service import add_update
 
+    _impact(impact)
     config = _config(data_dir)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
@@ -398,10 +408,30 @@ def _moment(value: str | None, option: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        fail(f"{option} {value!r} is not a date and time", hint="e.g. 2026-12-24T02:00+00:00")
+        fail(
+            f"{option} {value!r} is not a date and time",
+            hint="e.g. 2026-12-24T02:00+00:00",
+            code=2,
+        )
     if moment.tzinfo is None:
-        fail(f"{option} {value!r} has no time zone offset", hint="e.g. 2026-12-24T02:00+09:00")
+        fail(
+            f"{option} {value!r} has no time zone offset",
+            hint="e.g. 2026-12-24T02:00+09:00",
+            code=2,
+        )
     return moment
+
+
+def _impact(impact: str | None) -> None:
+    """Refuse an unknown --impact as a bad argument (exit 2) before touching anything."""
+    from keel.deps.service import IMPACTS
+
+    if impact is not None and impact not in IMPACTS:
+        fail(
+            f"impact must be one of {', '.join(IMPACTS)} (got {impact!r})",
+            hint="--impact none, minor, major or critical",
+            code=2,
+        )
 
 
 @maintenance.command("list")
@@ -495,6 +525,7 @@ def maintenance_remove(
         str, typer.Argument(help="The window's id (`keel deps maintenance list`).")
     ],
     data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Remove a maintenance window."""
     from keel.deps.service import remove_maintenance
@@ -505,7 +536,10 @@ def maintenance_remove(
         lambda session: remove_maintenance(session, window_id),
         hint="`keel deps maintenance list` shows the windows and their ids",
     )
-    out.print(f"Removed maintenance window {window_id}.", highlight=False)
+    if as_json:
+        print_json({"id": window_id, "removed": True})
+    else:
+        out.print(f"Removed maintenance window {window_id}.", highlight=False)
 
 
 def deps_cli() -> typer.Typer:

@@ -294,6 +294,7 @@ def http(name: str) -> httpx.AsyncClient:
     """An httpx.AsyncClient for the declared dependency `name` (kept per process; do not
     close it): relative URLs resolve against its base URL."""
     dep = dependency(name)
+    name = dep.name  # one client and breaker per dependency, whichever spelling names it
     rt = runtime()
     client = rt.clients.get(name)
     if client is None or str(client.base_url).rstrip("/") != dep.base_url:

@@ -11,6 +11,7 @@ from keel.core.modules import KeelModule, PermissionSpec
 
 if TYPE_CHECKING:
     from keel.app import Keel
+    from keel.core.config import Config
 
 __all__ = ["DEPS_PERMISSIONS", "deps_module"]
 
@@ -45,7 +46,6 @@ async def _start(keel: Keel) -> None:
 
 async def _stop(keel: Keel) -> None:
     from keel.deps.client import runtime
-    from keel.deps.spec import use_settings
 
     task = keel.state.pop("deps.monitor", None)
     stop = keel.state.pop("deps.stop", None)
@@ -54,16 +54,26 @@ async def _stop(keel: Keel) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, timeout=5)
     await runtime().close()
-    with contextlib.suppress(ValueError):  # a bad variable was reported when it was read
-        use_settings(None)  # declarations made after this kernel read their variables again
+    # The settings stay applied: shutdown hooks run in reverse module order, so the jobs
+    # module's in-process worker may still be draining jobs that call dependencies.
+
+
+def _configure(config: Config) -> None:
+    from keel.deps.spec import apply_configuration
+
+    apply_configuration(config.deps)
 
 
 def deps_module() -> KeelModule:
-    """Deps' contributions: `/api/v1/dependencies`, incidents, maintenance and `/status`."""
+    """Deps' contributions: `/api/v1/dependencies`, incidents, maintenance and `/status`; every
+    command (`keel worker` too) applies the `deps` configuration when it loads it."""
     import keel.deps.monitor  # noqa: F401 - declares the deps settings
+    from keel.core.clitools import on_config
     from keel.deps.api import dependencies_router
     from keel.deps.cli import deps_cli
     from keel.deps.status import status_router
+
+    on_config("deps", _configure)
 
     return KeelModule(
         name="deps",

@@ -56,7 +56,11 @@ API = "keel.api"
 API_NAME = "API"
 API_EVERY = 30.0
 API_GRACE = 10.0
-"""Seconds after a slot ends before its result is recorded: every process reports first."""
+"""Seconds after a slot ends before its result is recorded: every process reports first
+(judged by each process's clock, so the processes' clocks must agree to within a few
+seconds)."""
+API_CATCH_UP = 10
+"""Most past slots one tick records (after a tick delayed or a database outage)."""
 API_MIN_REQUESTS = 20
 """Fewer requests in a slot (all processes) are too few to judge the 5xx ratio."""
 API_MAX_ERROR_PERCENT = 5
@@ -111,13 +115,17 @@ async def probe_now(db: Database, name: str) -> dict[str, Any]:
                 ms = (time.perf_counter() - started) * 1000
             except Exception as exc:  # noqa: BLE001
                 ok, detail = False, f"{type(exc).__name__}: {exc}"[:500]
-        title, failures, recoveries = OWN_COMPONENTS[name], 2, 1
+        shown = public_of(Public(OWN_COMPONENTS[name]), settings_for(name), name)
+        failures, recoveries = 2, 1
     else:
         dep = dependency(name)
         ok, ms, detail = await check(dep)
         spec = dep.probe or Probe()
-        title = dep.public.name if dep.public else name
+        shown = dep.public
         failures, recoveries = spec.failures, spec.recoveries
+    # A hidden component's incidents never show on the status page (status.py), so its
+    # internal name may title them; a shown one's title is its public name only.
+    title = shown.name if shown is not None else name
     async with db.transaction() as session:
         opened = await record_probe(
             session,
@@ -200,7 +208,7 @@ async def finish_api_slot(
         row = await session.get(ApiSlot, start)
         if row is None:
             return None
-        if not await claim_slot(session, f"deps.probe:{API}", start, now=now):
+        if not await claim_slot(session, f"deps.api:{API}", start, now=now):
             return None
         await session.refresh(row)  # the claim waited for any other claimer: read its total
         ok = api_healthy(not_ready=row.not_ready, requests=row.requests, errors=row.errors)
@@ -251,34 +259,41 @@ class Monitor:
 
     async def api_due(self, now: float | None = None) -> bool | None:
         """Report this process's view of the API slot that just ended, and record the result
-        of the last slot whose grace has passed (once across processes)."""
+        of every slot whose grace has passed since the last one recorded (once across
+        processes; at most API_CATCH_UP slots back). A failed write is tried again on the
+        next tick: nothing advances before its write committed. Returns the result of the
+        last slot recorded, or None."""
         now = time.time() if now is None else now
         slot = int(now // API_EVERY)
         if self.api is not None:
             if self._api_slot is None:
                 self._api_slot, self._api_counted = slot, self.api.answered()
             elif slot > self._api_slot:
-                ended, before = self._api_slot, self._api_counted
-                self._api_slot, self._api_counted = slot, self.api.answered()
+                counted = self.api.answered()
                 ready = await self.api.ready()
                 await report_api_slot(
                     self.db,
-                    slot_start(ended),
+                    slot_start(self._api_slot),
                     ready=ready,
-                    requests=self._api_counted[0] - before[0],
-                    errors=self._api_counted[1] - before[1],
+                    requests=counted[0] - self._api_counted[0],
+                    errors=counted[1] - self._api_counted[1],
                 )
+                self._api_slot, self._api_counted = slot, counted
         finished = int((now - API_GRACE) // API_EVERY) - 1
-        if finished == self._api_finished:
-            return None
-        self._api_finished = finished
+        if self._api_finished is None:
+            self._api_finished = finished - 1
+        first = max(self._api_finished + 1, finished - API_CATCH_UP + 1)
         shown = public_of(Public(API_NAME), settings_for(API), API_NAME)
-        return await finish_api_slot(
-            self.db,
-            slot_start(finished),
-            title=shown.name if shown else API_NAME,
-            now=datetime.fromtimestamp(now, UTC),
-        )
+        result = None
+        for index in range(first, finished + 1):
+            result = await finish_api_slot(
+                self.db,
+                slot_start(index),
+                title=shown.name if shown else API_NAME,
+                now=datetime.fromtimestamp(now, UTC),
+            )
+            self._api_finished = index  # only once its transaction committed
+        return result
 
     async def enqueue_due(self, now: float | None = None) -> int:
         """Enqueue the probes whose slot has started and is not enqueued yet."""

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+_PROBE_PATH = re.compile(r"(/|https?://)\S*")
 
 
 def _positive(owner: str, **values: float | None) -> None:
@@ -113,6 +114,10 @@ class Probe:
     recoveries: int = 2
 
     def __post_init__(self) -> None:
+        if not _PROBE_PATH.fullmatch(self.path):
+            raise ValueError(
+                f"Probe.path must start with / or be an http(s) URL (got {self.path!r})"
+            )
         if not 100 <= self.status <= 599:
             raise ValueError(f"Probe.status must be an HTTP status (got {self.status!r})")
         if self.failures < 1 or self.recoveries < 1:
@@ -321,6 +326,11 @@ def declare(
         raise ValueError(
             f"dependency name {name!r} must be lowercase letters, digits, '_', '.' or '-'"
         )
+    if settings_key(name).startswith("keel_"):
+        raise ValueError(
+            f"dependency name {name!r} is reserved: names starting with 'keel.' or 'keel_'"
+            " are Keel's own components"
+        )
     if not base_url.startswith(("http://", "https://")):
         raise ValueError(f"base_url of {name!r} must start with http:// or https://")
     if not probe_every >= 1:
@@ -338,16 +348,24 @@ def declare(
     )
     dep = _apply(code, settings_for(name))
     _CODE[name] = code
-    _FROM_SETTINGS.discard(name)
+    key = settings_key(name)
+    if key in _FROM_SETTINGS:  # the settings declared it under its key (`image_gen`)
+        _FROM_SETTINGS.discard(key)
+        _DECLARED.pop(key, None)
     _DECLARED[name] = dep
     return dep
 
 
 def dependency(name: str) -> Dependency:
-    """The declared dependency `name` (LookupError with the known names if there is none)."""
+    """The declared dependency `name` (LookupError with the known names if there is none).
+    One only the settings declare answers to its key and to any name with that key
+    (`image_gen` and `image-gen`)."""
     try:
         return _DECLARED[name]
     except KeyError:
+        key = settings_key(name)
+        if key in _FROM_SETTINGS:
+            return _DECLARED[key]
         known = ", ".join(sorted(_DECLARED)) or "none"
         raise LookupError(f"no dependency {name!r} is declared (declared: {known})") from None
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from keel.core.database import Database
 from keel.core.guards import public
@@ -83,12 +83,23 @@ async def status_data(db: Database, *, now: datetime | None = None) -> dict[str,
                 )
             )
         }
-        windows = list(await session.scalars(select(Maintenance)))
-        live = list(await open_incidents(session))
+        keys = {c["key"] for c in components}
+
+        def public(component: str | None) -> bool:
+            """Whether what concerns `component` shows: a shown one's, or all components'."""
+            return component is None or component in keys
+
+        windows = [w for w in await session.scalars(select(Maintenance)) if public(w.component)]
+        live = [i for i in await open_incidents(session) if public(i.component)]
         recent = list(
             await session.scalars(
                 select(Incident)
-                .where(Incident.state == "resolved", Incident.resolved_at >= now - HISTORY)
+                .where(
+                    Incident.state == "resolved",
+                    Incident.resolved_at >= now - HISTORY,
+                    # A hidden component's incidents are for operators only.
+                    or_(Incident.component.is_(None), Incident.component.in_(keys)),
+                )
                 .order_by(Incident.opened_at.desc())
                 .limit(20)
             )
@@ -152,6 +163,9 @@ async def status_data(db: Database, *, now: datetime | None = None) -> dict[str,
     def public_incident(incident: Incident) -> dict[str, Any]:
         data = as_dict(incident, entries.get(incident.id, []))
         data["component"] = names.get(incident.component or "")
+        if incident.automatic and data["component"]:
+            # Titled by the monitor when it opened: the current public name, whatever it was.
+            data["title"] = f"{data['component']} is unavailable"
         return data
 
     states_seen = {c["state"] for c in shown}

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from keel.audit.models import AuditEvent
-from keel.registry import cache_of
+from keel.registry import cache_of, canonical_sql
 from keel.registry.models import Asset, Transition, Version
 from tests.identity.support import Org, json_of
 from tests.registry.support import BASE, create, draft, ok, query, release
@@ -38,7 +38,7 @@ async def test_lifecycle_draft_validate_publish_and_history(org: Org) -> None:
         assert published["state"] == "published" and published["published_by"].startswith("user:")
         shown = ok(await http.get(f"{BASE}/sql_query/revenue"))
         assert shown["published_version"] == 1
-        assert shown["published"]["data"]["sql"] == "SELECT 1 AS one"
+        assert shown["published"]["data"]["sql"] == canonical_sql("SELECT 1 AS one")
         history = ok(await http.get(f"{BASE}/sql_query/revenue/history"))
     assert [h["action"] for h in history] == ["create", "validate", "publish"]
     assert history[-1]["reason"] == "first cut"
@@ -65,14 +65,15 @@ async def test_exactly_one_published_version_and_rollback_is_a_new_head(org: Org
             await http.post(f"{BASE}/sql_query/q/rollback", json={"to": 1, "reason": "v2 broke"})
         )
         assert rolled["number"] == 3 and rolled["rollback_of"] == 1
-        assert rolled["data"] == {"sql": "SELECT 1", "description": ""}
+        assert rolled["data"] == {"sql": canonical_sql("SELECT 1"), "description": ""}
         versions = ok(await http.get(f"{BASE}/sql_query/q/versions"))
         assert [(v["number"], v["state"]) for v in versions] == [
             (3, "published"),
             (2, "retired"),
             (1, "retired"),
         ]
-        assert ok(await http.get(f"{BASE}/sql_query/q/versions/1"))["data"]["sql"] == "SELECT 1"
+        version_1 = ok(await http.get(f"{BASE}/sql_query/q/versions/1"))
+        assert version_1["data"]["sql"] == canonical_sql("SELECT 1")
         # A version that was never published cannot be rolled back to.
         await draft(http, "sql_query", "q", {"sql": "SELECT 4"})
         refused = await http.post(f"{BASE}/sql_query/q/rollback", json={"to": 4})
@@ -110,7 +111,7 @@ async def test_diff_between_two_versions(org: Org) -> None:
         (kind, entry["path"]) for kind, entries in diff["changes"].items() for entry in entries
     }
     assert paths == {("changed", "/sql"), ("changed", "/description")}
-    assert "-SELECT a\n+SELECT a, b\n" in diff["text"]["sql"]
+    assert "-  a\n+  a,\n+  b\n" in diff["text"]["sql"]
     assert "--- sql@v1" in diff["text"]["sql"]
     assert missing.status_code == 404
 
@@ -239,13 +240,16 @@ async def test_tenants_see_only_their_own_assets(org: Org) -> None:
         acme_asset = ok(
             await owner.get(f"{BASE}/sql_query/shared-name", params={"tenant": org.tenants["acme"]})
         )
-    assert acme_asset["published"]["data"]["sql"] == "SELECT 'acme'"
+    assert acme_asset["published"]["data"]["sql"] == canonical_sql("SELECT 'acme'")
     cache = cache_of(org.keel)
     await _settle(org)
     acme_q = cache.get("sql_query", "shared-name", org.tenants["acme"])
     bolt_q = cache.get("sql_query", "shared-name", org.tenants["bolt"])
     assert acme_q is not None and bolt_q is not None
-    assert (acme_q.data.sql, bolt_q.data.sql) == ("SELECT 'acme'", "SELECT 'bolt'")  # type: ignore[attr-defined]
+    assert (acme_q.data.sql, bolt_q.data.sql) == (  # type: ignore[attr-defined]
+        canonical_sql("SELECT 'acme'"),
+        canonical_sql("SELECT 'bolt'"),
+    )
     assert cache.get("sql_query", "shared-name") is None
 
 
@@ -293,3 +297,19 @@ async def test_permissions_are_per_kind_and_per_verb(org: Org) -> None:
     assert {"registry:sql_query:publish", "registry:test_report:archive"} <= set(
         org.catalog.permissions
     )
+
+
+async def test_sql_hidden_in_nested_comments_never_validates(org: Org) -> None:
+    """A query that hides a DELETE from the parser in PostgreSQL's nested comments stays a
+    draft with its problem; an accepted query is stored and served as the checked text."""
+    hidden = "/*/* */ -- */ WITH d AS (DELETE FROM victim RETURNING 1)\nSELECT 1"
+    async with await org.as_user("owner@example.com") as http:
+        await create(http, "sql_query", "sneaky", {"sql": hidden})
+        checked = ok(await http.post(f"{BASE}/sql_query/sneaky/versions/1/validate"))
+        assert checked["state"] == "draft"
+        assert any("comments" in problem for problem in checked["problems"])
+        assert checked["data"]["sql"] == hidden  # kept as written: it never validates
+        await create(http, "sql_query", "plain", {"sql": "select a from t where b = :b"})
+        await release(http, "sql_query", "plain", 1)
+        shown = ok(await http.get(f"{BASE}/sql_query/plain"))
+    assert shown["published"]["data"]["sql"] == "SELECT\n  a\nFROM t\nWHERE\n  b = :b"

@@ -18,7 +18,7 @@ from sqlalchemy import event
 
 from keel import Config, Keel, create_app, registry
 from keel.audit import bind_actor, reset_actor, system_actor
-from keel.registry import cache_of, service
+from keel.registry import cache_of, canonical_sql, service
 from tests.conftest import TEST_MASTER_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ async def test_reads_come_from_memory_without_a_query(kernel: Keel) -> None:
         event.remove(kernel.db.engine.sync_engine, "before_cursor_execute", count)
     assert statements == 0
     assert found is not None and found.version == 1
-    assert found.data.sql == "SELECT 1"  # type: ignore[attr-defined]
+    assert found.data.sql == canonical_sql("SELECT 1")  # type: ignore[attr-defined]
     assert registry.published("sql_query", "absent") is None
 
 
@@ -130,7 +130,7 @@ async def test_rollback_and_archive_reach_the_cache(kernel: Keel) -> None:
         await until(
             lambda: (hit := cache.get("sql_query", "q")) is not None and hit.version == 3, 5
         )
-        assert cache.get("sql_query", "q").data.sql == "SELECT 1"  # type: ignore[union-attr, attr-defined]
+        assert cache.get("sql_query", "q").data.sql == canonical_sql("SELECT 1")  # type: ignore[union-attr, attr-defined]
         async with kernel.db.transaction() as session:
             asset = await service.find_asset(session, "sql_query", "q", tenant_id=None, lock=True)
             await service.archive(session, asset, reason="gone")
@@ -149,7 +149,7 @@ async def test_another_process_publish_arrives_by_listen(kernel: Keel) -> None:
     done = await asyncio.to_thread(_run_publisher, kernel.config, "q", "SELECT 'other'")
     await until(lambda: cache.get("sql_query", "q").version == 2, timeout=10)  # type: ignore[union-attr]
     assert time.monotonic() - done < 1.0
-    assert cache.get("sql_query", "q").data.sql == "SELECT 'other'"  # type: ignore[union-attr, attr-defined]
+    assert cache.get("sql_query", "q").data.sql == canonical_sql("SELECT 'other'")  # type: ignore[union-attr, attr-defined]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

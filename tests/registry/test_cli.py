@@ -18,7 +18,7 @@ from keel.audit import bind_actor, reset_actor, system_actor
 from keel.cli import add_module_commands, app
 from keel.core.database import Database
 from keel.core.migrate import upgrade
-from keel.registry import service
+from keel.registry import canonical_sql, service
 from keel.registry.cli import registry_cli
 from keel.registry.models import Transition
 
@@ -103,9 +103,11 @@ def test_list_show_versions_diff_publish_rollback(config: Config) -> None:
     assert code == 0, output
     assert [(r["name"], r["published_version"]) for r in json.loads(output)] == [("q", 1)]
     code, output = _invoke("show", "sql_query", "q")
-    assert code == 0 and json.loads(output)["version"]["data"]["sql"] == "SELECT a\nFROM t"
+    assert code == 0 and json.loads(output)["version"]["data"]["sql"] == canonical_sql(
+        "SELECT a FROM t"
+    )
     code, output = _invoke("diff", "sql_query", "q", "1", "2")
-    assert code == 0 and "~ /sql" in output and "+SELECT a, b" in output
+    assert code == 0 and "~ /sql" in output and "+  b" in output
     code, output = _invoke("publish", "sql_query", "q", "2", "--reason", "add b")
     assert code == 0 and "version 2 is published" in output, output
     code, output = _invoke("rollback", "sql_query", "q", "1", "--reason", "b was wrong")

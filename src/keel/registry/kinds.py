@@ -16,6 +16,8 @@ __all__ = ["Kind", "Ref", "get_kind", "register_kind", "registered_kinds"]
 
 Validator = Callable[[Any], Iterable[str] | None]
 """Takes the parsed content; returns (or raises `ValueError` with) problem messages."""
+Normalizer = Callable[[Any], BaseModel]
+"""Takes the parsed content of a new version; returns the content to store instead."""
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
@@ -39,6 +41,8 @@ class Kind:
     description: str
     refs: tuple[tuple[str, str, bool], ...]
     """(field, referenced kind, is a list) for every `Ref` field."""
+    normalize: Normalizer | None = None
+    """Rewrites a new version's content before it is stored (e.g. SQL in its checked form)."""
 
     def parse(self, data: Any, *, pointer: str = "/data") -> BaseModel:
         """`data` as the kind's model; `ValidationFailed` (422) naming each bad field."""
@@ -106,11 +110,14 @@ def register_kind(
     validators: Sequence[Validator] = (),
     text_fields: Sequence[str] = (),
     description: str = "",
+    normalize: Normalizer | None = None,
 ) -> Kind:
     """Register the asset kind `name` (lower-case, `_` allowed) with its content model.
 
-    `validators` run when a version is validated; `text_fields` are shown as unified text
-    diffs. Registering a name twice is an error, so two modules cannot fight over a kind.
+    `validators` run when a version is validated and again when it is published;
+    `text_fields` are shown as unified text diffs; `normalize` rewrites the content of each
+    new version before it is stored (in a worker thread; it must be idempotent). Registering
+    a name twice is an error, so two modules cannot fight over a kind.
     """
     if not _NAME.fullmatch(name):
         raise ValueError(f"kind {name!r}: use 1-63 lower-case letters, digits and _")
@@ -131,6 +138,7 @@ def register_kind(
         text_fields=tuple(text_fields),
         description=description or (model.__doc__ or "").strip().split("\n")[0],
         refs=tuple(refs),
+        normalize=normalize,
     )
     _KINDS[name] = kind
     return kind

@@ -164,6 +164,9 @@ async def _new_version(
     rollback_of: int | None = None,
 ) -> Version:
     content = kind.parse(data)
+    if kind.normalize is not None:
+        # CPU work like the validators (it may parse SQL): off the event loop.
+        content = await asyncio.to_thread(kind.normalize, content)
     asset.latest += 1
     version = Version(
         id=new_id(),

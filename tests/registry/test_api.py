@@ -32,7 +32,9 @@ async def test_lifecycle_draft_validate_publish_and_history(org: Org) -> None:
         created = await create(http, "sql_query", "revenue", {"sql": "SELECT 1 AS one"})
         assert created["version"]["state"] == "draft"
         assert created["published_version"] is None
-        refused = await http.post(f"{BASE}/sql_query/revenue/versions/1/publish", json={})
+        refused = await http.post(
+            f"{BASE}/sql_query/revenue/versions/1/publish", json={"expected_head": None}
+        )
         assert refused.status_code == 409 and "validate" in refused.json()["hint"]
         published = await release(http, "sql_query", "revenue", 1, reason="first cut")
         assert published["state"] == "published" and published["published_by"].startswith("user:")
@@ -123,11 +125,17 @@ async def test_publishing_needs_published_references(org: Org) -> None:
         await create(http, "sql_query", "base", {"sql": "SELECT 1"})
         await create(http, "test_report", "r", {"title": "Daily", "query": "base"})
         ok(await http.post(f"{BASE}/test_report/r/versions/1/validate"))
-        refused = await http.post(f"{BASE}/test_report/r/versions/1/publish", json={})
+        refused = await http.post(
+            f"{BASE}/test_report/r/versions/1/publish", json={"expected_head": None}
+        )
         assert refused.status_code == 409
         assert "sql_query/base" in refused.json()["detail"]
         await release(http, "sql_query", "base", 1)
-        ok(await http.post(f"{BASE}/test_report/r/versions/1/publish", json={}))
+        ok(
+            await http.post(
+                f"{BASE}/test_report/r/versions/1/publish", json={"expected_head": None}
+            )
+        )
         assert ok(await http.get(f"{BASE}/sql_query/base/dependents")) == [
             {"kind": "test_report", "name": "r", "version": 1}
         ]
@@ -180,7 +188,9 @@ async def test_bad_input_is_4xx_and_changes_nothing(org: Org) -> None:
             ("POST", f"{BASE}/sql_query", {"name": "x", "data": {}}, 422),
             ("POST", f"{BASE}/sql_query", {"name": "q", "data": {"sql": "SELECT 2"}}, 409),
             ("POST", f"{BASE}/sql_query/q/versions", {"data": {"sql": ""}}, 422),
-            ("POST", f"{BASE}/sql_query/q/versions/7/publish", {}, 404),
+            ("POST", f"{BASE}/sql_query/q/versions/7/publish", {"expected_head": 1}, 404),
+            ("POST", f"{BASE}/sql_query/q/versions/1/publish", {}, 428),
+            ("POST", f"{BASE}/sql_query/q/versions/1/publish", None, 428),
             ("POST", f"{BASE}/sql_query/q/rollback", {"to": 0}, 422),
             ("POST", f"{BASE}/sql_query/q/rollback", {"to": 1}, 409),
             ("GET", f"{BASE}/sql_query/q/diff?from=1", None, 422),
@@ -211,7 +221,9 @@ async def test_invalid_content_stays_a_draft_with_its_problems(org: Org) -> None
         checked = ok(await http.post(f"{BASE}/sql_query/evil/versions/1/validate"))
         assert checked["state"] == "draft"
         assert checked["problems"] == ["exactly one statement is allowed, found 2"]
-        refused = await http.post(f"{BASE}/sql_query/evil/versions/1/publish", json={})
+        refused = await http.post(
+            f"{BASE}/sql_query/evil/versions/1/publish", json={"expected_head": None}
+        )
         assert refused.status_code == 409
         await create(http, "test_report", "loud", {"title": "LOUD", "query": "x"})
         checked = ok(await http.post(f"{BASE}/test_report/loud/versions/1/validate"))
@@ -283,7 +295,9 @@ async def test_permissions_are_per_kind_and_per_verb(org: Org) -> None:
         assert (await operator.get(f"{BASE}/sql_query/q")).status_code == 200
         await draft(operator, "sql_query", "q", {"sql": "SELECT 2"})
         ok(await operator.post(f"{BASE}/sql_query/q/versions/2/validate"))
-        denied = await operator.post(f"{BASE}/sql_query/q/versions/2/publish", json={})
+        denied = await operator.post(
+            f"{BASE}/sql_query/q/versions/2/publish", json={"expected_head": 1}
+        )
         assert denied.status_code == 403 and "registry:sql_query:publish" in denied.text
         assert (await operator.post(f"{BASE}/sql_query/q/archive", json={})).status_code == 403
     async with await org.as_user("viewer-a@example.com") as custom:
@@ -313,3 +327,25 @@ async def test_sql_hidden_in_nested_comments_never_validates(org: Org) -> None:
         await release(http, "sql_query", "plain", 1)
         shown = ok(await http.get(f"{BASE}/sql_query/plain"))
     assert shown["published"]["data"]["sql"] == "SELECT\n  a\nFROM t\nWHERE\n  b = :b"
+
+
+async def test_publish_runs_the_validators_again(org: Org) -> None:
+    """A version validated under rules that changed before it is published is refused with
+    422 and its problems; nothing is published until the rules pass again."""
+    from tests.registry.conftest import GATE
+
+    async with await org.as_user("owner@example.com") as http:
+        await create(http, "test_gated", "g", {"text": "x"})
+        checked = ok(await http.post(f"{BASE}/test_gated/g/versions/1/validate"))
+        assert checked["state"] == "validated"
+        GATE["open"] = False
+        try:
+            refused = await http.post(
+                f"{BASE}/test_gated/g/versions/1/publish", json={"expected_head": None}
+            )
+        finally:
+            GATE["open"] = True
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["detail"] == "the gate is closed"
+        assert ok(await http.get(f"{BASE}/test_gated/g"))["published_version"] is None
+        ok(await http.post(f"{BASE}/test_gated/g/versions/1/publish", json={"expected_head": None}))

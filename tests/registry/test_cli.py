@@ -140,8 +140,8 @@ def test_archive_refusal_and_force(config: Config) -> None:
 
 
 def test_errors_are_one_line_and_change_nothing(config: Config) -> None:
-    """Unknown kind, asset, version or tenant and an invalid draft fail in one line with a
-    non-zero exit and leave the history as it was."""
+    """Unknown kind, asset, version or tenant, a stale expected head and an invalid draft
+    fail in one line with a non-zero exit and leave the history as it was."""
     _run(config, _seed)
     _run(config, _bad_draft)
     before = _run(config, _transitions)
@@ -149,6 +149,7 @@ def test_errors_are_one_line_and_change_nothing(config: Config) -> None:
         (["list", "nope"], "no asset kind 'nope'"),
         (["show", "sql_query", "ghost"], "no sql_query asset named 'ghost'"),
         (["publish", "sql_query", "q", "9"], "has no version 9"),
+        (["publish", "sql_query", "q", "2", "--expected-head", "0"], "published version is 1"),
         (["rollback", "sql_query", "q", "2"], "only a formerly published version"),
         (["list", "sql_query", "--tenant", "nowhere"], "no tenant 'nowhere'"),
     ]:

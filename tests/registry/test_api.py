@@ -188,6 +188,19 @@ async def test_bad_input_is_4xx_and_changes_nothing(org: Org) -> None:
             ("POST", f"{BASE}/sql_query", {"name": "x", "data": {}}, 422),
             ("POST", f"{BASE}/sql_query", {"name": "q", "data": {"sql": "SELECT 2"}}, 409),
             ("POST", f"{BASE}/sql_query/q/versions", {"data": {"sql": ""}}, 422),
+            # A referenced name longer than the column (a 500 on PostgreSQL before).
+            (
+                "POST",
+                f"{BASE}/test_report",
+                {"name": "r", "data": {"title": "T", "query": "x" * 201}},
+                422,
+            ),
+            (
+                "POST",
+                f"{BASE}/test_report",
+                {"name": "r", "data": {"title": "T", "query": "a b"}},
+                422,
+            ),
             ("POST", f"{BASE}/sql_query/q/versions/7/publish", {"expected_head": 1}, 404),
             ("POST", f"{BASE}/sql_query/q/versions/1/publish", {}, 428),
             ("POST", f"{BASE}/sql_query/q/versions/1/publish", None, 428),

@@ -281,9 +281,9 @@ def test_ref_fields_are_found_in_plain_and_list_annotations() -> None:
 
 def _check_page_kind(kind: Kind, page: type[BaseModel]) -> None:
     assert sorted(kind.refs) == [
-        ("main", "sql_query", False),
-        ("maybe", "json_schema", False),
-        ("more", "sql_query", True),
+        ("/main", "sql_query", False),
+        ("/maybe", "json_schema", False),
+        ("/more/*", "sql_query", True),
     ]
     content = kind.parse({"main": "a", "more": ["b", "a"], "maybe": "s"})
     assert kind.references(content) == [
@@ -300,6 +300,109 @@ def _check_page_kind(kind: Kind, page: type[BaseModel]) -> None:
     assert caught.value.errors and caught.value.errors[0]["pointer"] == "/data/main"
     with pytest.raises(NotFound):
         get_kind("no_such_kind")
+
+
+def test_refs_are_followed_into_nested_models_lists_and_dict_values() -> None:
+    """A Ref inside a list of nested models, a dict's values or an optional nested model is
+    found, with the JSON pointer of each value."""
+
+    class Widget(BaseModel):
+        q: Annotated[str, Ref("sql_query")]
+        schema_: Annotated[str, Ref("json_schema")] | None = None
+
+    class Board(BaseModel):
+        widgets: list[Widget] = []
+        by_slot: dict[str, Annotated[str, Ref("sql_query")]] = {}
+        main: Widget | None = None
+        grid: tuple[list[Annotated[str, Ref("sql_query")]], ...] = ()
+
+    kind = register_kind("test_board_refs", Board)
+    try:
+        assert sorted(kind.refs) == [
+            ("/by_slot/*", "sql_query", True),
+            ("/grid/*/*", "sql_query", True),
+            ("/main/q", "sql_query", False),
+            ("/main/schema_", "json_schema", False),
+            ("/widgets/*/q", "sql_query", True),
+            ("/widgets/*/schema_", "json_schema", True),
+        ]
+        content = kind.parse(
+            {
+                "widgets": [{"q": "a"}, {"q": "b", "schema_": "s"}],
+                "by_slot": {"left/top": "c"},
+                "main": {"q": "d"},
+                "grid": [["e"], ["a"]],
+            }
+        )
+        assert sorted(kind.references_at(content)) == [
+            ("/by_slot/left~1top", "sql_query", "c"),
+            ("/grid/0/0", "sql_query", "e"),
+            ("/grid/1/0", "sql_query", "a"),
+            ("/main/q", "sql_query", "d"),
+            ("/widgets/0/q", "sql_query", "a"),
+            ("/widgets/1/q", "sql_query", "b"),
+            ("/widgets/1/schema_", "json_schema", "s"),
+        ]
+        assert kind.references(content) == [
+            ("json_schema", "s"),
+            ("sql_query", "a"),
+            ("sql_query", "b"),
+            ("sql_query", "c"),
+            ("sql_query", "d"),
+            ("sql_query", "e"),
+        ]
+    finally:
+        _KINDS.pop("test_board_refs")
+
+
+class _Tree(BaseModel):
+    """A recursive model carrying a reference (refused)."""
+
+    q: Annotated[str, Ref("sql_query")]
+    children: list[_Tree] = []
+
+
+class _Plain(BaseModel):
+    """A recursive model without references (accepted)."""
+
+    children: list[_Plain] = []
+
+
+def test_refs_where_they_cannot_be_followed_are_refused_at_registration() -> None:
+    """A Ref on a dict key, in a union of several types, on a non-str or in a recursive
+    model is an error when the kind is registered, not a silent miss."""
+
+    class OnKey(BaseModel):
+        m: dict[Annotated[str, Ref("sql_query")], int]
+
+    class InUnion(BaseModel):
+        v: Annotated[str, Ref("sql_query")] | int
+
+    class OnList(BaseModel):
+        v: Annotated[list[str], Ref("sql_query")]
+
+    for model, message in [
+        (OnKey, "dict key"),
+        (InUnion, "union"),
+        (OnList, "marks a str"),
+        (_Tree, "contains itself"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            register_kind("test_bad_refs", model)
+        assert "test_bad_refs" not in _KINDS
+    kind = register_kind("test_plain_tree", _Plain)
+    _KINDS.pop("test_plain_tree")
+    assert kind.refs == ()
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "", "bad name", "-lead", "a\n", "../etc", "é"])
+def test_a_reference_to_an_impossible_name_is_a_422(name: str) -> None:
+    """A referenced name that no asset can have is refused when parsed, with its pointer."""
+    kind = get_kind("test_report")
+    with pytest.raises(ValidationFailed) as caught:
+        kind.parse({"title": "T", "query": "ok", "extra": ["fine", name]})
+    assert caught.value.errors is not None
+    assert [e["pointer"] for e in caught.value.errors] == ["/data/extra/1"]
 
 
 def test_structural_diff_paths() -> None:

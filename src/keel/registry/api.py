@@ -171,8 +171,7 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
                 "description": kind.description,
                 "text_fields": list(kind.text_fields),
                 "references": [
-                    {"field": field, "kind": target, "many": many}
-                    for field, target, many in kind.refs
+                    {"path": path, "kind": target, "many": many} for path, target, many in kind.refs
                 ],
                 "schema": kind.model.model_json_schema(),
                 "readable": actor.has(f"registry:{kind.name}:read"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from keel.audit.models import AuditEvent
 from keel.registry import cache_of, canonical_sql
@@ -89,16 +91,15 @@ async def test_the_database_refuses_a_second_published_version(org: Org) -> None
         await create(http, "sql_query", "q", {"sql": "SELECT 1"})
         await release(http, "sql_query", "q", 1)
         await draft(http, "sql_query", "q", {"sql": "SELECT 2"})
-    failed = False
-    try:
+    forged: list[Version] = []
+    with pytest.raises(IntegrityError):
         async with org.keel.db.transaction() as session:
             # unscoped: the test forges a row directly.
             version = await session.scalar(select(Version).where(Version.number == 2))
-            assert version is not None
-            version.state = "published"
-    except Exception:
-        failed = True
-    assert failed
+            if version is not None:
+                forged.append(version)
+                version.state = "published"
+    assert len(forged) == 1
     assert await _published_rows(org, "q") == [1]
 
 
@@ -293,6 +294,18 @@ async def test_permissions_are_per_kind_and_per_verb(org: Org) -> None:
     custom role holding only sql_query permissions cannot touch test_report."""
     async with await org.as_user("admin-a@example.com") as admin:
         await create(admin, "sql_query", "q", {"sql": "SELECT 1"})
+    async with await org.as_user("viewer-a@example.com") as plain_viewer:
+        assert (await plain_viewer.get(f"{BASE}/sql_query/q")).status_code == 200
+        for url, body in [
+            (f"{BASE}/sql_query", {"name": "v", "data": {"sql": "SELECT 1"}}),
+            (f"{BASE}/sql_query/q/versions", {"data": {"sql": "SELECT 3"}}),
+            (f"{BASE}/sql_query/q/versions/1/validate", None),
+            (f"{BASE}/sql_query/q/versions/1/publish", {"expected_head": None}),
+            (f"{BASE}/sql_query/q/archive", {}),
+        ]:
+            refused = await plain_viewer.post(url, json=body)
+            assert refused.status_code == 403, (url, refused.text)
+    async with await org.as_user("admin-a@example.com") as admin:
         json_of(
             await admin.post(
                 "/api/v1/roles",

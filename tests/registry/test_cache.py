@@ -101,9 +101,12 @@ async def _publish_elsewhere_and_time_arrival(keel: Keel) -> float:
     cache = cache_of(keel)
     arrived: list[float] = []
 
+    def has_version_2() -> bool:
+        hit = cache.get("sql_query", "q")
+        return hit is not None and hit.version == 2
+
     async def watch() -> None:
-        while (hit := cache.get("sql_query", "q")) is None or hit.version != 2:  # noqa: PLR2004
-            await asyncio.sleep(0.005)
+        await until(has_version_2, timeout=60)
         arrived.append(time.time())
 
     watcher = asyncio.create_task(watch())

@@ -305,21 +305,22 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
         body: PublishIn | None = None,
         tenant: TenantParam = None,
     ) -> dict[str, Any]:
-        if body is None or "expected_head" not in body.model_fields_set:
-            raise PreconditionRequired(
-                "say which version you expect to replace",
-                errors=[
-                    {
-                        "location": "body",
-                        "pointer": "/expected_head",
-                        "detail": "required: the published version you saw (null: none)",
-                        "code": "missing",
-                    }
-                ],
-                hint="read the asset's published_version and send it as expected_head",
-            )
         async with keel.db.transaction() as session:
             asset = await find(session, actor, kind, name, tenant, lock=True)
+            if body is None or "expected_head" not in body.model_fields_set:
+                # After the lookup: another tenant's asset stays a 404.
+                raise PreconditionRequired(
+                    "say which version you expect to replace",
+                    errors=[
+                        {
+                            "location": "body",
+                            "pointer": "/expected_head",
+                            "detail": "required: the published version you saw (null: none)",
+                            "code": "missing",
+                        }
+                    ],
+                    hint="read the asset's published_version and send it as expected_head",
+                )
             published = await service.publish(
                 session,
                 asset,

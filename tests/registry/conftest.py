@@ -24,6 +24,20 @@ class Link(BaseModel):
     other: Annotated[str, registry.Ref("test_link")] | None = None
 
 
+class Gated(BaseModel):
+    """Content whose validity a test switches (test kind)."""
+
+    text: str = ""
+
+
+GATE = {"open": True}
+"""Whether `test_gated` content passes validation (tests flip it)."""
+
+
+def _gate(_: Gated) -> list[str]:
+    return [] if GATE["open"] else ["the gate is closed"]
+
+
 def _no_shouting(report: Report) -> list[str]:
     return ["the title must not be all capitals"] if report.title.isupper() else []
 
@@ -33,3 +47,5 @@ if "test_report" not in _known:
     registry.register_kind("test_report", Report, validators=[_no_shouting], text_fields=["title"])
 if "test_link" not in _known:
     registry.register_kind("test_link", Link)
+if "test_gated" not in _known:
+    registry.register_kind("test_gated", Gated, validators=[_gate])

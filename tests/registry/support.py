@@ -29,11 +29,15 @@ async def draft(http: httpx.AsyncClient, kind: str, name: str, data: dict[str, A
 async def release(
     http: httpx.AsyncClient, kind: str, name: str, number: int, reason: str = "ship it"
 ) -> Any:
-    """Validate and publish version `number`."""
+    """Validate and publish version `number` over the head the caller reads first."""
     checked = ok(await http.post(f"{BASE}/{kind}/{name}/versions/{number}/validate"))
     assert checked["state"] == "validated", checked
+    head = ok(await http.get(f"{BASE}/{kind}/{name}"))["published_version"]
     return ok(
-        await http.post(f"{BASE}/{kind}/{name}/versions/{number}/publish", json={"reason": reason})
+        await http.post(
+            f"{BASE}/{kind}/{name}/versions/{number}/publish",
+            json={"reason": reason, "expected_head": head},
+        )
     )
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from keel.audit.models import AuditEvent
-from keel.registry import cache_of
+from keel.registry import cache_of, canonical_sql
 from keel.registry.models import Asset, Transition, Version
 from tests.identity.support import Org, json_of
 from tests.registry.support import BASE, create, draft, ok, query, release
@@ -32,13 +34,15 @@ async def test_lifecycle_draft_validate_publish_and_history(org: Org) -> None:
         created = await create(http, "sql_query", "revenue", {"sql": "SELECT 1 AS one"})
         assert created["version"]["state"] == "draft"
         assert created["published_version"] is None
-        refused = await http.post(f"{BASE}/sql_query/revenue/versions/1/publish", json={})
+        refused = await http.post(
+            f"{BASE}/sql_query/revenue/versions/1/publish", json={"expected_head": None}
+        )
         assert refused.status_code == 409 and "validate" in refused.json()["hint"]
         published = await release(http, "sql_query", "revenue", 1, reason="first cut")
         assert published["state"] == "published" and published["published_by"].startswith("user:")
         shown = ok(await http.get(f"{BASE}/sql_query/revenue"))
         assert shown["published_version"] == 1
-        assert shown["published"]["data"]["sql"] == "SELECT 1 AS one"
+        assert shown["published"]["data"]["sql"] == canonical_sql("SELECT 1 AS one")
         history = ok(await http.get(f"{BASE}/sql_query/revenue/history"))
     assert [h["action"] for h in history] == ["create", "validate", "publish"]
     assert history[-1]["reason"] == "first cut"
@@ -65,19 +69,29 @@ async def test_exactly_one_published_version_and_rollback_is_a_new_head(org: Org
             await http.post(f"{BASE}/sql_query/q/rollback", json={"to": 1, "reason": "v2 broke"})
         )
         assert rolled["number"] == 3 and rolled["rollback_of"] == 1
-        assert rolled["data"] == {"sql": "SELECT 1", "description": ""}
+        assert rolled["data"] == {"sql": canonical_sql("SELECT 1"), "description": ""}
         versions = ok(await http.get(f"{BASE}/sql_query/q/versions"))
         assert [(v["number"], v["state"]) for v in versions] == [
             (3, "published"),
             (2, "retired"),
             (1, "retired"),
         ]
-        assert ok(await http.get(f"{BASE}/sql_query/q/versions/1"))["data"]["sql"] == "SELECT 1"
+        version_1 = ok(await http.get(f"{BASE}/sql_query/q/versions/1"))
+        assert version_1["data"]["sql"] == canonical_sql("SELECT 1")
         # A version that was never published cannot be rolled back to.
         await draft(http, "sql_query", "q", {"sql": "SELECT 4"})
         refused = await http.post(f"{BASE}/sql_query/q/rollback", json={"to": 4})
         assert refused.status_code == 409
     assert await _published_rows(org, "q") == [3]
+
+
+async def _forge_published(org: Org, number: int) -> None:
+    """Mark version `number` published with a bare write, bypassing the service."""
+    async with org.keel.db.transaction() as session:
+        # unscoped: the test forges a row directly.
+        version = await session.scalar(select(Version).where(Version.number == number))
+        assert version is not None  # an AssertionError is not the IntegrityError expected
+        version.state = "published"
 
 
 async def test_the_database_refuses_a_second_published_version(org: Org) -> None:
@@ -86,16 +100,8 @@ async def test_the_database_refuses_a_second_published_version(org: Org) -> None
         await create(http, "sql_query", "q", {"sql": "SELECT 1"})
         await release(http, "sql_query", "q", 1)
         await draft(http, "sql_query", "q", {"sql": "SELECT 2"})
-    failed = False
-    try:
-        async with org.keel.db.transaction() as session:
-            # unscoped: the test forges a row directly.
-            version = await session.scalar(select(Version).where(Version.number == 2))
-            assert version is not None
-            version.state = "published"
-    except Exception:
-        failed = True
-    assert failed
+    with pytest.raises(IntegrityError):
+        await _forge_published(org, 2)
     assert await _published_rows(org, "q") == [1]
 
 
@@ -110,7 +116,7 @@ async def test_diff_between_two_versions(org: Org) -> None:
         (kind, entry["path"]) for kind, entries in diff["changes"].items() for entry in entries
     }
     assert paths == {("changed", "/sql"), ("changed", "/description")}
-    assert "-SELECT a\n+SELECT a, b\n" in diff["text"]["sql"]
+    assert "-  a\n+  a,\n+  b\n" in diff["text"]["sql"]
     assert "--- sql@v1" in diff["text"]["sql"]
     assert missing.status_code == 404
 
@@ -122,11 +128,17 @@ async def test_publishing_needs_published_references(org: Org) -> None:
         await create(http, "sql_query", "base", {"sql": "SELECT 1"})
         await create(http, "test_report", "r", {"title": "Daily", "query": "base"})
         ok(await http.post(f"{BASE}/test_report/r/versions/1/validate"))
-        refused = await http.post(f"{BASE}/test_report/r/versions/1/publish", json={})
+        refused = await http.post(
+            f"{BASE}/test_report/r/versions/1/publish", json={"expected_head": None}
+        )
         assert refused.status_code == 409
         assert "sql_query/base" in refused.json()["detail"]
         await release(http, "sql_query", "base", 1)
-        ok(await http.post(f"{BASE}/test_report/r/versions/1/publish", json={}))
+        ok(
+            await http.post(
+                f"{BASE}/test_report/r/versions/1/publish", json={"expected_head": None}
+            )
+        )
         assert ok(await http.get(f"{BASE}/sql_query/base/dependents")) == [
             {"kind": "test_report", "name": "r", "version": 1}
         ]
@@ -179,7 +191,22 @@ async def test_bad_input_is_4xx_and_changes_nothing(org: Org) -> None:
             ("POST", f"{BASE}/sql_query", {"name": "x", "data": {}}, 422),
             ("POST", f"{BASE}/sql_query", {"name": "q", "data": {"sql": "SELECT 2"}}, 409),
             ("POST", f"{BASE}/sql_query/q/versions", {"data": {"sql": ""}}, 422),
-            ("POST", f"{BASE}/sql_query/q/versions/7/publish", {}, 404),
+            # A referenced name longer than the column (a 500 on PostgreSQL before).
+            (
+                "POST",
+                f"{BASE}/test_report",
+                {"name": "r", "data": {"title": "T", "query": "x" * 201}},
+                422,
+            ),
+            (
+                "POST",
+                f"{BASE}/test_report",
+                {"name": "r", "data": {"title": "T", "query": "a b"}},
+                422,
+            ),
+            ("POST", f"{BASE}/sql_query/q/versions/7/publish", {"expected_head": 1}, 404),
+            ("POST", f"{BASE}/sql_query/q/versions/1/publish", {}, 428),
+            ("POST", f"{BASE}/sql_query/q/versions/1/publish", None, 428),
             ("POST", f"{BASE}/sql_query/q/rollback", {"to": 0}, 422),
             ("POST", f"{BASE}/sql_query/q/rollback", {"to": 1}, 409),
             ("GET", f"{BASE}/sql_query/q/diff?from=1", None, 422),
@@ -210,7 +237,9 @@ async def test_invalid_content_stays_a_draft_with_its_problems(org: Org) -> None
         checked = ok(await http.post(f"{BASE}/sql_query/evil/versions/1/validate"))
         assert checked["state"] == "draft"
         assert checked["problems"] == ["exactly one statement is allowed, found 2"]
-        refused = await http.post(f"{BASE}/sql_query/evil/versions/1/publish", json={})
+        refused = await http.post(
+            f"{BASE}/sql_query/evil/versions/1/publish", json={"expected_head": None}
+        )
         assert refused.status_code == 409
         await create(http, "test_report", "loud", {"title": "LOUD", "query": "x"})
         checked = ok(await http.post(f"{BASE}/test_report/loud/versions/1/validate"))
@@ -239,13 +268,16 @@ async def test_tenants_see_only_their_own_assets(org: Org) -> None:
         acme_asset = ok(
             await owner.get(f"{BASE}/sql_query/shared-name", params={"tenant": org.tenants["acme"]})
         )
-    assert acme_asset["published"]["data"]["sql"] == "SELECT 'acme'"
+    assert acme_asset["published"]["data"]["sql"] == canonical_sql("SELECT 'acme'")
     cache = cache_of(org.keel)
     await _settle(org)
     acme_q = cache.get("sql_query", "shared-name", org.tenants["acme"])
     bolt_q = cache.get("sql_query", "shared-name", org.tenants["bolt"])
     assert acme_q is not None and bolt_q is not None
-    assert (acme_q.data.sql, bolt_q.data.sql) == ("SELECT 'acme'", "SELECT 'bolt'")  # type: ignore[attr-defined]
+    assert (acme_q.data.sql, bolt_q.data.sql) == (  # type: ignore[attr-defined]
+        canonical_sql("SELECT 'acme'"),
+        canonical_sql("SELECT 'bolt'"),
+    )
     assert cache.get("sql_query", "shared-name") is None
 
 
@@ -264,6 +296,18 @@ async def test_permissions_are_per_kind_and_per_verb(org: Org) -> None:
     custom role holding only sql_query permissions cannot touch test_report."""
     async with await org.as_user("admin-a@example.com") as admin:
         await create(admin, "sql_query", "q", {"sql": "SELECT 1"})
+    async with await org.as_user("viewer-a@example.com") as plain_viewer:
+        assert (await plain_viewer.get(f"{BASE}/sql_query/q")).status_code == 200
+        for url, body in [
+            (f"{BASE}/sql_query", {"name": "v", "data": {"sql": "SELECT 1"}}),
+            (f"{BASE}/sql_query/q/versions", {"data": {"sql": "SELECT 3"}}),
+            (f"{BASE}/sql_query/q/versions/1/validate", None),
+            (f"{BASE}/sql_query/q/versions/1/publish", {"expected_head": None}),
+            (f"{BASE}/sql_query/q/archive", {}),
+        ]:
+            refused = await plain_viewer.post(url, json=body)
+            assert refused.status_code == 403, (url, refused.text)
+    async with await org.as_user("admin-a@example.com") as admin:
         json_of(
             await admin.post(
                 "/api/v1/roles",
@@ -279,7 +323,9 @@ async def test_permissions_are_per_kind_and_per_verb(org: Org) -> None:
         assert (await operator.get(f"{BASE}/sql_query/q")).status_code == 200
         await draft(operator, "sql_query", "q", {"sql": "SELECT 2"})
         ok(await operator.post(f"{BASE}/sql_query/q/versions/2/validate"))
-        denied = await operator.post(f"{BASE}/sql_query/q/versions/2/publish", json={})
+        denied = await operator.post(
+            f"{BASE}/sql_query/q/versions/2/publish", json={"expected_head": 1}
+        )
         assert denied.status_code == 403 and "registry:sql_query:publish" in denied.text
         assert (await operator.post(f"{BASE}/sql_query/q/archive", json={})).status_code == 403
     async with await org.as_user("viewer-a@example.com") as custom:
@@ -293,3 +339,41 @@ async def test_permissions_are_per_kind_and_per_verb(org: Org) -> None:
     assert {"registry:sql_query:publish", "registry:test_report:archive"} <= set(
         org.catalog.permissions
     )
+
+
+async def test_sql_hidden_in_nested_comments_never_validates(org: Org) -> None:
+    """A query that hides a DELETE from the parser in PostgreSQL's nested comments stays a
+    draft with its problem; an accepted query is stored and served as the checked text."""
+    hidden = "/*/* */ -- */ WITH d AS (DELETE FROM victim RETURNING 1)\nSELECT 1"
+    async with await org.as_user("owner@example.com") as http:
+        await create(http, "sql_query", "sneaky", {"sql": hidden})
+        checked = ok(await http.post(f"{BASE}/sql_query/sneaky/versions/1/validate"))
+        assert checked["state"] == "draft"
+        assert any("comments" in problem for problem in checked["problems"])
+        assert checked["data"]["sql"] == hidden  # kept as written: it never validates
+        await create(http, "sql_query", "plain", {"sql": "select a from t where b = :b"})
+        await release(http, "sql_query", "plain", 1)
+        shown = ok(await http.get(f"{BASE}/sql_query/plain"))
+    assert shown["published"]["data"]["sql"] == "SELECT\n  a\nFROM t\nWHERE\n  b = :b"
+
+
+async def test_publish_runs_the_validators_again(org: Org) -> None:
+    """A version validated under rules that changed before it is published is refused with
+    422 and its problems; nothing is published until the rules pass again."""
+    from tests.registry.conftest import GATE
+
+    async with await org.as_user("owner@example.com") as http:
+        await create(http, "test_gated", "g", {"text": "x"})
+        checked = ok(await http.post(f"{BASE}/test_gated/g/versions/1/validate"))
+        assert checked["state"] == "validated"
+        GATE["open"] = False
+        try:
+            refused = await http.post(
+                f"{BASE}/test_gated/g/versions/1/publish", json={"expected_head": None}
+            )
+        finally:
+            GATE["open"] = True
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["detail"] == "the gate is closed"
+        assert ok(await http.get(f"{BASE}/test_gated/g"))["published_version"] is None
+        ok(await http.post(f"{BASE}/test_gated/g/versions/1/publish", json={"expected_head": None}))

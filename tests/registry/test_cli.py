@@ -18,7 +18,7 @@ from keel.audit import bind_actor, reset_actor, system_actor
 from keel.cli import add_module_commands, app
 from keel.core.database import Database
 from keel.core.migrate import upgrade
-from keel.registry import service
+from keel.registry import canonical_sql, service
 from keel.registry.cli import registry_cli
 from keel.registry.models import Transition
 
@@ -103,9 +103,11 @@ def test_list_show_versions_diff_publish_rollback(config: Config) -> None:
     assert code == 0, output
     assert [(r["name"], r["published_version"]) for r in json.loads(output)] == [("q", 1)]
     code, output = _invoke("show", "sql_query", "q")
-    assert code == 0 and json.loads(output)["version"]["data"]["sql"] == "SELECT a\nFROM t"
+    assert code == 0 and json.loads(output)["version"]["data"]["sql"] == canonical_sql(
+        "SELECT a FROM t"
+    )
     code, output = _invoke("diff", "sql_query", "q", "1", "2")
-    assert code == 0 and "~ /sql" in output and "+SELECT a, b" in output
+    assert code == 0 and "~ /sql" in output and "+  b" in output
     code, output = _invoke("publish", "sql_query", "q", "2", "--reason", "add b")
     assert code == 0 and "version 2 is published" in output, output
     code, output = _invoke("rollback", "sql_query", "q", "1", "--reason", "b was wrong")
@@ -138,8 +140,8 @@ def test_archive_refusal_and_force(config: Config) -> None:
 
 
 def test_errors_are_one_line_and_change_nothing(config: Config) -> None:
-    """Unknown kind, asset, version or tenant and an invalid draft fail in one line with a
-    non-zero exit and leave the history as it was."""
+    """Unknown kind, asset, version or tenant, a stale expected head and an invalid draft
+    fail in one line with a non-zero exit and leave the history as it was."""
     _run(config, _seed)
     _run(config, _bad_draft)
     before = _run(config, _transitions)
@@ -147,6 +149,7 @@ def test_errors_are_one_line_and_change_nothing(config: Config) -> None:
         (["list", "nope"], "no asset kind 'nope'"),
         (["show", "sql_query", "ghost"], "no sql_query asset named 'ghost'"),
         (["publish", "sql_query", "q", "9"], "has no version 9"),
+        (["publish", "sql_query", "q", "2", "--expected-head", "0"], "published version is 1"),
         (["rollback", "sql_query", "q", "2"], "only a formerly published version"),
         (["list", "sql_query", "--tenant", "nowhere"], "no tenant 'nowhere'"),
     ]:

@@ -61,7 +61,10 @@ async def test_racing_publishes_of_the_same_version_one_wins(org: Org) -> None:
         await create(http, "sql_query", "q", {"sql": "SELECT 1"})
         ok(await http.post(f"{BASE}/sql_query/q/versions/1/validate"))
         responses = await asyncio.gather(
-            *(http.post(f"{BASE}/sql_query/q/versions/1/publish", json={}) for _ in range(3))
+            *(
+                http.post(f"{BASE}/sql_query/q/versions/1/publish", json={"expected_head": None})
+                for _ in range(3)
+            )
         )
     assert sorted(r.status_code for r in responses) == [200, 409, 409]
     assert await _published(org, "q") == [1]
@@ -173,3 +176,28 @@ async def test_an_asset_naming_itself_does_not_block_its_archive(org: Org) -> No
         assert ok(await http.get(f"{BASE}/test_link/loop/dependents")) == []
         archived = ok(await http.post(f"{BASE}/test_link/loop/archive", json={}))
     assert archived["state"] == "archived"
+
+
+async def test_a_publish_without_the_expected_head_is_refused_with_428(org: Org) -> None:
+    """Callers that do not say which head they replace get 428 problem+json and change
+    nothing, so two of them cannot both win silently."""
+    async with await org.as_user("owner@example.com") as http:
+        await create(http, "sql_query", "q", {"sql": "SELECT 1"})
+        await release(http, "sql_query", "q", 1)
+        numbers = [await draft(http, "sql_query", "q", {"sql": f"SELECT {n}"}) for n in (2, 3)]
+        for number in numbers:
+            ok(await http.post(f"{BASE}/sql_query/q/versions/{number}/validate"))
+        responses = await asyncio.gather(
+            *(
+                http.post(f"{BASE}/sql_query/q/versions/{number}/publish", json={"reason": "x"})
+                for number in numbers
+            )
+        )
+        stale = await http.post(
+            f"{BASE}/sql_query/q/versions/2/publish", json={"expected_head": None}
+        )
+    assert [r.status_code for r in responses] == [428, 428]
+    assert responses[0].headers["content-type"] == "application/problem+json"
+    assert responses[0].json()["errors"][0]["pointer"] == "/expected_head"
+    assert stale.status_code == 409  # version 1 is the head, not "none"
+    assert await _published(org, "q") == [1]

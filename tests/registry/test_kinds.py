@@ -9,7 +9,17 @@ import pytest
 from pydantic import BaseModel
 
 from keel.core.errors import NotFound, ValidationFailed
-from keel.registry import Kind, Ref, check_select, get_kind, register_kind
+from keel.registry import (
+    Kind,
+    Ref,
+    SqlQuery,
+    allow_functions,
+    canonical_sql,
+    check_select,
+    get_kind,
+    register_kind,
+    register_sql_kind,
+)
 from keel.registry.diff import structural_diff
 from keel.registry.kinds import _KINDS
 from keel.registry.schemacheck import check_schema
@@ -17,7 +27,20 @@ from keel.registry.schemacheck import check_schema
 HOSTILE = [
     "SELECT 1; DELETE FROM keel_users",
     "SELECT 1 --\n; DROP TABLE keel_users",
-    "SELECT 1 /* /* */ ; DROP TABLE t; /* */",
+    "SELECT 1 /* /* */ ; DROP TABLE t; /* */",  # unterminated for PostgreSQL (nested)
+    # PostgreSQL nests `/*` comments, also right after an opening `/*`; the parser does not:
+    # each of these hides SQL from it that PostgreSQL runs.
+    "/*/* */ -- */ WITH d AS (DELETE FROM victim RETURNING 1)\nSELECT 1",
+    "SELECT 1 /*/* */ -- */ ; DELETE FROM victim",
+    "SELECT 1 /*/* */ -- */ , pg_sleep(10)",
+    "SELECT 1 /*/*/ */ -- */ , pg_sleep(10)",
+    "SELECT 1 /* /*/* */ */ -- */ , pg_sleep(10)",
+    "/*/**/*/ SELECT 1",
+    "SELECT 1 --",
+    "SELECT 1 */",
+    "SELECT * FROM t WHERE note = 'DELETE FROM t; -- not code'",
+    "SELECT 1 /* ; DROP TABLE t */",
+    "SELECT '/*', pg_sleep(1), '*/'",
     "select 'a\\'; DELETE FROM t; --'",
     "SELECT E'a\\'; DELETE FROM t; --'",
     "DELETE FROM keel_users",
@@ -69,6 +92,27 @@ HOSTILE = [
     "SELECT (pg_sleep(1))::text",
     "SELECT * FROM t WHERE EXISTS (SELECT set_config('a', 'b', true))",
     "SELECT pg_notify('x', 'y')",
+    # Not side-effect free, and missing from the blocklist this allowlist replaced.
+    "SELECT pg_stat_reset()",
+    "SELECT pg_stat_reset_shared('bgwriter')",
+    "SELECT pg_stat_statements_reset()",
+    "SELECT * FROM pg_logical_slot_get_changes('s', NULL, NULL)",
+    "SELECT pg_replication_slot_advance('s', '0/0')",
+    "SELECT pg_replication_origin_drop('o')",
+    "SELECT pg_wal_replay_pause()",
+    "SELECT pg_wal_replay_resume()",
+    "SELECT pg_backup_start('x')",
+    "SELECT pg_start_backup('x')",
+    "SELECT pg_log_backend_memory_contexts(1)",
+    "SELECT pg_file_sync('x')",
+    "SELECT * FROM pg_ls_logdir()",
+    "SELECT * FROM pg_ls_waldir()",
+    "SELECT * FROM pg_ls_tmpdir()",
+    "SELECT current_setting('search_path')",
+    "SELECT my_function_that_deletes(1)",
+    "SELECT a FROM t WHERE my_function_that_deletes(a) > 0",
+    "SELECT s.lower(a) FROM t",
+    "SELECT * FROM s.generate_series(1, 2)",
     "SELECT * FROM (DELETE FROM t RETURNING *) AS d",
     "SELECT 1 UNION (DELETE FROM t RETURNING 1)",
     "DO $$ BEGIN DELETE FROM t; END $$",
@@ -93,14 +137,17 @@ GOOD = [
     "SELECT a FROM t INTERSECT SELECT b FROM u",
     "SELECT t.a, u.b FROM t JOIN u ON u.id = t.id LEFT JOIN v ON v.id = u.id",
     "SELECT coalesce(a, 'x'), lower(b), date_trunc('day', at) FROM t",
-    "SELECT * FROM t WHERE note = 'DELETE FROM t; -- not code'",
-    "SELECT 1 /* ; DROP TABLE t */",
+    "SELECT * FROM t WHERE note = 'DELETE FROM t; not code'",
     "SELECT row_number() OVER (PARTITION BY a ORDER BY b) FROM t",
     "SELECT * FROM generate_series(1, 3)",
     "(SELECT 1)",
     "SELECT * FROM ONLY t",
     "SELECT * FROM t WHERE a = ANY(ARRAY[1, 2])",
-    "SELECT current_setting('search_path')",
+    "SELECT count(DISTINCT a), sum(b), avg(c), string_agg(d, ',') FROM t",
+    "SELECT a ->> 'x', a -> 'y', a::int, jsonb_build_object('k', b) FROM t",
+    "SELECT extract(year FROM at), to_char(at, 'YYYY'), greatest(a, b), nullif(a, 0) FROM t",
+    "SELECT CASE WHEN a > 0 THEN 'pos' ELSE 'neg' END, round(b, 2), abs(c) FROM t",
+    "SELECT lag(a) OVER (ORDER BY b), rank() OVER (ORDER BY b) FROM t",
     "SELECT pg_sleep FROM t",
     "SELECT $$ ; DELETE FROM t; $$ AS text",
 ]
@@ -121,7 +168,7 @@ def test_ordinary_selects_are_accepted(sql: str) -> None:
 
 def test_refusals_say_why() -> None:
     """The problems name the cause, not just 'invalid'."""
-    assert check_select("SELECT pg_sleep(1)") == ["the function pg_sleep() has side effects"]
+    assert check_select("SELECT pg_sleep(1)") == ["the function pg_sleep() is not on the allowlist"]
     assert check_select("WITH d AS (DELETE FROM t RETURNING *) SELECT 1") == [
         "DELETE is not allowed in a read-only query"
     ]
@@ -129,6 +176,66 @@ def test_refusals_say_why() -> None:
     assert check_select("SELECT " + "(" * 60 + "1" + ")" * 60) == [
         "the query nests too deeply to be checked"
     ]
+
+
+@pytest.mark.parametrize("sql", GOOD)
+def test_canonical_form_is_stable_and_passes(sql: str) -> None:
+    """The stored form of an accepted query is a fixed point that passes the check itself."""
+    stored = canonical_sql(sql)
+    assert stored is not None
+    assert canonical_sql(stored) == stored
+    assert check_select(stored) == []
+
+
+@pytest.mark.parametrize("sql", HOSTILE)
+def test_sql_query_kind_stores_nothing_hostile_as_valid(sql: str) -> None:
+    """What the sql_query kind would store for a hostile query still fails its validation."""
+    kind = get_kind("sql_query")
+    assert kind.normalize is not None
+    try:
+        content = kind.parse({"sql": sql})
+    except ValidationFailed:
+        return  # refused before anything is stored
+    stored = kind.normalize(content)
+    assert kind.problems(stored) != []
+
+
+def test_sql_query_kind_stores_the_checked_text() -> None:
+    """A query is stored as the checker's rendering; a non-canonical text fails validation."""
+    kind = get_kind("sql_query")
+    assert kind.normalize is not None
+    stored = kind.normalize(kind.parse({"sql": "select a from t where b = :b"}))
+    assert isinstance(stored, SqlQuery)
+    assert stored.sql == "SELECT\n  a\nFROM t\nWHERE\n  b = :b"
+    assert kind.problems(stored) == []
+    assert kind.problems(kind.parse({"sql": "select a from t where b = :b"})) == [
+        "the query is not in the form the registry stores; create a new draft from it"
+    ]
+
+
+def test_functions_and_tables_can_be_extended_per_kind_and_deployment() -> None:
+    """A SQL kind may allow more functions and limit the tables; a deployment may allow
+    functions for every check."""
+    kind = register_sql_kind("test_sql_limited", functions=["my_rank"], tables=["orders"])
+    try:
+        ok = kind.normalize(kind.parse({"sql": "SELECT my_rank(a) FROM orders"}))  # type: ignore[misc]
+        assert kind.problems(ok) == []
+        other = kind.normalize(kind.parse({"sql": "SELECT a FROM keel_users"}))  # type: ignore[misc]
+        assert kind.problems(other) == ["the table keel_users is not one this kind may read"]
+        with_cte = "WITH o AS (SELECT a FROM orders) SELECT a FROM o"
+        assert check_select(with_cte, tables=["orders"]) == []
+    finally:
+        _KINDS.pop("test_sql_limited")
+    assert check_select("SELECT my_rank(a) FROM orders") != []
+    from keel.registry import sqlcheck
+
+    try:
+        allow_functions("test_only_fn")
+        assert check_select("SELECT test_only_fn(1)") == []
+    finally:
+        sqlcheck._extra_functions.discard("test_only_fn")
+    with pytest.raises(ValueError, match="lower-case"):
+        allow_functions("Bad Name")
 
 
 @pytest.mark.parametrize(
@@ -174,9 +281,9 @@ def test_ref_fields_are_found_in_plain_and_list_annotations() -> None:
 
 def _check_page_kind(kind: Kind, page: type[BaseModel]) -> None:
     assert sorted(kind.refs) == [
-        ("main", "sql_query", False),
-        ("maybe", "json_schema", False),
-        ("more", "sql_query", True),
+        ("/main", "sql_query", False),
+        ("/maybe", "json_schema", False),
+        ("/more/*", "sql_query", True),
     ]
     content = kind.parse({"main": "a", "more": ["b", "a"], "maybe": "s"})
     assert kind.references(content) == [
@@ -193,6 +300,109 @@ def _check_page_kind(kind: Kind, page: type[BaseModel]) -> None:
     assert caught.value.errors and caught.value.errors[0]["pointer"] == "/data/main"
     with pytest.raises(NotFound):
         get_kind("no_such_kind")
+
+
+def test_refs_are_followed_into_nested_models_lists_and_dict_values() -> None:
+    """A Ref inside a list of nested models, a dict's values or an optional nested model is
+    found, with the JSON pointer of each value."""
+
+    class Widget(BaseModel):
+        q: Annotated[str, Ref("sql_query")]
+        schema_: Annotated[str, Ref("json_schema")] | None = None
+
+    class Board(BaseModel):
+        widgets: list[Widget] = []
+        by_slot: dict[str, Annotated[str, Ref("sql_query")]] = {}
+        main: Widget | None = None
+        grid: tuple[list[Annotated[str, Ref("sql_query")]], ...] = ()
+
+    kind = register_kind("test_board_refs", Board)
+    try:
+        assert sorted(kind.refs) == [
+            ("/by_slot/*", "sql_query", True),
+            ("/grid/*/*", "sql_query", True),
+            ("/main/q", "sql_query", False),
+            ("/main/schema_", "json_schema", False),
+            ("/widgets/*/q", "sql_query", True),
+            ("/widgets/*/schema_", "json_schema", True),
+        ]
+        content = kind.parse(
+            {
+                "widgets": [{"q": "a"}, {"q": "b", "schema_": "s"}],
+                "by_slot": {"left/top": "c"},
+                "main": {"q": "d"},
+                "grid": [["e"], ["a"]],
+            }
+        )
+        assert sorted(kind.references_at(content)) == [
+            ("/by_slot/left~1top", "sql_query", "c"),
+            ("/grid/0/0", "sql_query", "e"),
+            ("/grid/1/0", "sql_query", "a"),
+            ("/main/q", "sql_query", "d"),
+            ("/widgets/0/q", "sql_query", "a"),
+            ("/widgets/1/q", "sql_query", "b"),
+            ("/widgets/1/schema_", "json_schema", "s"),
+        ]
+        assert kind.references(content) == [
+            ("json_schema", "s"),
+            ("sql_query", "a"),
+            ("sql_query", "b"),
+            ("sql_query", "c"),
+            ("sql_query", "d"),
+            ("sql_query", "e"),
+        ]
+    finally:
+        _KINDS.pop("test_board_refs")
+
+
+class _Tree(BaseModel):
+    """A recursive model carrying a reference (refused)."""
+
+    q: Annotated[str, Ref("sql_query")]
+    children: list[_Tree] = []
+
+
+class _Plain(BaseModel):
+    """A recursive model without references (accepted)."""
+
+    children: list[_Plain] = []
+
+
+def test_refs_where_they_cannot_be_followed_are_refused_at_registration() -> None:
+    """A Ref on a dict key, in a union of several types, on a non-str or in a recursive
+    model is an error when the kind is registered, not a silent miss."""
+
+    class OnKey(BaseModel):
+        m: dict[Annotated[str, Ref("sql_query")], int]
+
+    class InUnion(BaseModel):
+        v: Annotated[str, Ref("sql_query")] | int
+
+    class OnList(BaseModel):
+        v: Annotated[list[str], Ref("sql_query")]
+
+    for model, message in [
+        (OnKey, "dict key"),
+        (InUnion, "union"),
+        (OnList, "marks a str"),
+        (_Tree, "contains itself"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            register_kind("test_bad_refs", model)
+        assert "test_bad_refs" not in _KINDS
+    kind = register_kind("test_plain_tree", _Plain)
+    _KINDS.pop("test_plain_tree")
+    assert kind.refs == ()
+
+
+@pytest.mark.parametrize("name", ["x" * 201, "", "bad name", "-lead", "a\n", "../etc", "é"])
+def test_a_reference_to_an_impossible_name_is_a_422(name: str) -> None:
+    """A referenced name that no asset can have is refused when parsed, with its pointer."""
+    kind = get_kind("test_report")
+    with pytest.raises(ValidationFailed) as caught:
+        kind.parse({"title": "T", "query": "ok", "extra": ["fine", name]})
+    assert caught.value.errors is not None
+    assert [e["pointer"] for e in caught.value.errors] == ["/data/extra/1"]
 
 
 def test_structural_diff_paths() -> None:

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.core.errors import Forbidden, NotFound, Unauthenticated, problem_responses
+from keel.core.errors import (
+    Forbidden,
+    KeelError,
+    NotFound,
+    Unauthenticated,
+    problem_responses,
+)
 from keel.core.guards import register_guard
 from keel.core.principal import Principal, current_principal, require_user, tenant_scope
 from keel.identity.models import Tenant
@@ -32,9 +38,23 @@ from keel.registry.schemas import (
 if TYPE_CHECKING:
     from keel.app import Keel
 
-__all__ = ["asset_data", "registry_router", "transition_data", "version_data"]
+__all__ = [
+    "PreconditionRequired",
+    "asset_data",
+    "registry_router",
+    "transition_data",
+    "version_data",
+]
 
 VERBS = ("read", "write", "publish", "archive")
+
+
+class PreconditionRequired(KeelError):
+    """The request must say which state it expects to change."""
+
+    status = 428
+    slug = "precondition-required"
+    title = "Precondition Required"
 
 
 def kind_guard(verb: str) -> Callable[[Request], Awaitable[Principal]]:
@@ -151,8 +171,7 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
                 "description": kind.description,
                 "text_fields": list(kind.text_fields),
                 "references": [
-                    {"field": field, "kind": target, "many": many}
-                    for field, target, many in kind.refs
+                    {"path": path, "kind": target, "many": many} for path, target, many in kind.refs
                 ],
                 "schema": kind.model.model_json_schema(),
                 "readable": actor.has(f"registry:{kind.name}:read"),
@@ -276,7 +295,7 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
     @router.post(
         "/{kind}/{name}/versions/{version}/publish",
         summary="Publish a validated version (the asset's one published version)",
-        responses=problem_responses(401, 403, 404, 409, 422),
+        responses=problem_responses(401, 403, 404, 409, 422, 428),
     )
     async def publish(  # noqa: PLR0917 - path, body, guard and tenant
         kind: str,
@@ -286,16 +305,29 @@ def registry_router(keel: Keel) -> APIRouter:  # noqa: PLR0915 - one closure per
         body: PublishIn | None = None,
         tenant: TenantParam = None,
     ) -> dict[str, Any]:
-        body = body or PublishIn()
         async with keel.db.transaction() as session:
             asset = await find(session, actor, kind, name, tenant, lock=True)
+            if body is None or "expected_head" not in body.model_fields_set:
+                # After the lookup: another tenant's asset stays a 404.
+                raise PreconditionRequired(
+                    "say which version you expect to replace",
+                    errors=[
+                        {
+                            "location": "body",
+                            "pointer": "/expected_head",
+                            "detail": "required: the published version you saw (null: none)",
+                            "code": "missing",
+                        }
+                    ],
+                    hint="read the asset's published_version and send it as expected_head",
+                )
             published = await service.publish(
                 session,
                 asset,
                 version,
                 reason=body.reason,
                 expected_head=body.expected_head,
-                check_head="expected_head" in body.model_fields_set,
+                check_head=True,
             )
             return version_data(published)
 

@@ -1,16 +1,18 @@
-"""The built-in kinds: `sql_query` (one read-only SELECT) and `json_schema` (UI definitions)."""
+"""The built-in kinds: `sql_query` (one read-only SELECT) and `json_schema` (UI definitions);
+`register_sql_kind` registers further SQL kinds with their own functions and tables."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from keel.registry.kinds import register_kind
+from keel.registry.kinds import Kind, register_kind
 from keel.registry.schemacheck import check_schema
-from keel.registry.sqlcheck import MAX_LENGTH, check_select
+from keel.registry.sqlcheck import MAX_LENGTH, sql_normalizer, sql_problems
 
-__all__ = ["JsonSchema", "SqlQuery"]
+__all__ = ["JsonSchema", "SqlQuery", "register_sql_kind"]
 
 
 class SqlQuery(BaseModel):
@@ -27,13 +29,42 @@ class JsonSchema(BaseModel):
     description: str = Field(default="", max_length=2000)
 
 
-def _sql(query: SqlQuery) -> list[str]:
-    return check_select(query.sql)
-
-
 def _schema(schema: JsonSchema) -> list[str]:
     return check_schema(schema.document)
 
 
-register_kind("sql_query", SqlQuery, validators=[_sql], text_fields=["sql", "description"])
+def register_sql_kind(
+    name: str,
+    *,
+    functions: Iterable[str] = (),
+    tables: Iterable[str] | None = None,
+    description: str = "",
+) -> Kind:
+    """Register a kind of read-only SQL query (content `SqlQuery`), checked like `sql_query`.
+
+    `functions` are accepted on top of the deployment's allowlist; `tables`, when given, are
+    the only tables (`name` or `schema.name`) its queries may read. The stored `sql` is the
+    checker's rendering of the query, so what is served is what was checked.
+    """
+    names = tuple(name.lower() for name in functions)
+    permitted = None if tables is None else tuple(tables)
+    rewrite = sql_normalizer(names, permitted)
+
+    def check(query: SqlQuery) -> list[str]:
+        return sql_problems(query.sql, functions=names, tables=permitted)
+
+    def normalize(query: SqlQuery) -> SqlQuery:
+        return query.model_copy(update={"sql": rewrite(query.sql)})
+
+    return register_kind(
+        name,
+        SqlQuery,
+        validators=[check],
+        text_fields=["sql", "description"],
+        description=description,
+        normalize=normalize,
+    )
+
+
+register_sql_kind("sql_query")
 register_kind("json_schema", JsonSchema, validators=[_schema], text_fields=["description"])

@@ -256,11 +256,27 @@ def publish(  # noqa: PLR0917 - typer takes options as parameters
     version: Annotated[int, typer.Argument(help="The version to publish.")],
     reason: ReasonOption = None,
     validate: Annotated[bool, typer.Option(help="Validate a draft first.")] = True,
+    expected_head: Annotated[
+        int | None,
+        typer.Option(
+            help="The published version you expect to replace (0: none); default: the one "
+            "published when the command starts. Another publish in between is refused."
+        ),
+    ] = None,
     tenant: TenantOption = None,
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Publish a version (validating a draft first, unless --no-validate)."""
+    """Publish a version (validating a draft first, unless --no-validate), refused if
+    another version was published since the command read the head."""
+
+    async def read_head(session: AsyncSession) -> int | None:
+        asset = await _asset(session, kind, name, tenant)
+        # unscoped: the head of an asset found in the chosen tenant.
+        head = await session.get(Version, asset.head_id) if asset.head_id else None
+        return head.number if head is not None else None
+
+    seen = _go(data_dir, read_head) if expected_head is None else (expected_head or None)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         asset = await _asset(session, kind, name, tenant, lock=True)
@@ -269,11 +285,10 @@ def publish(  # noqa: PLR0917 - typer takes options as parameters
             checked = await service.validate(session, asset, version)
             if checked.problems:
                 return {"invalid": checked.problems}
-        return _record(
-            version_data(
-                await service.publish(session, asset, version, reason=reason), content=False
-            )
+        published = await service.publish(
+            session, asset, version, reason=reason, expected_head=seen, check_head=True
         )
+        return _record(version_data(published, content=False))
 
     result = _go(data_dir, work)
     if "invalid" in result:

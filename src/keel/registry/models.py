@@ -47,7 +47,8 @@ class Asset(Base):
     latest: Mapped[int] = mapped_column(Integer, default=0)
     """The highest version number (numbers are allocated from it under the row lock)."""
     revision: Mapped[int] = mapped_column(Integer, default=0)
-    """Bumped by every transition; a write that finds it changed lost a race."""
+    """Bumped by every transition (a count of them; races are decided by the row lock and
+    a publish's `expected_head`)."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_by: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -47,8 +47,8 @@ class PublishIn(BaseModel):
         default=None,
         ge=1,
         le=MAX_VERSION,
-        description="The published version number the client saw (null: none); when "
-        "given and no longer true, the publish is refused with 409",
+        description="Required: the published version number the client saw (null: none); "
+        "when no longer true, the publish is refused with 409 (missing: 428)",
     )
 
 

@@ -164,6 +164,9 @@ async def _new_version(
     rollback_of: int | None = None,
 ) -> Version:
     content = kind.parse(data)
+    if kind.normalize is not None:
+        # CPU work like the validators (it may parse SQL): off the event loop.
+        content = await asyncio.to_thread(kind.normalize, content)
     asset.latest += 1
     version = Version(
         id=new_id(),
@@ -325,6 +328,23 @@ async def _make_head(session: AsyncSession, asset: Asset, version: Version) -> i
     return previous
 
 
+async def _revalidate(
+    kind: Kind, version: Version, *, pointer: str, number: int | None = None
+) -> None:
+    """`ValidationFailed` (nothing changes) if `version` no longer passes the kind's rules."""
+    problems = await asyncio.to_thread(kind.problems, kind.parse(version.data))
+    if problems:
+        raise ValidationFailed(
+            f"version {number or version.number} no longer passes validation: "
+            f"{'; '.join(problems)}",
+            errors=[
+                {"location": "body", "pointer": pointer, "detail": p, "code": "invalid"}
+                for p in problems
+            ],
+            hint="fix it in a new draft",
+        )
+
+
 def _head_number(asset: Asset, head: Version | None) -> int | None:
     return head.number if head is not None and asset.head_id == head.id else None
 
@@ -342,7 +362,8 @@ async def publish(
 
     `asset` must be locked (`find_asset(lock=True)`). `Conflict` if the asset is archived,
     the version is not `validated` (a draft, or already published by someone else), the head
-    is not `expected_head` (when `check_head`), or a referenced asset has no published version.
+    is not `expected_head` (when `check_head`), or a referenced asset has no published version;
+    `ValidationFailed` if the version no longer passes the kind's validators (they run again).
     """
     if asset.state == AssetState.ARCHIVED:
         raise Conflict(f"{asset.kind} {asset.name!r} is archived")
@@ -357,6 +378,8 @@ async def publish(
     if version.state != VersionState.VALIDATED:
         hint = "validate it first" if version.state == VersionState.DRAFT else None
         raise Conflict(f"version {number} is {version.state}, not validated", hint=hint)
+    # The kind's rules may have changed since the version was validated: check it again.
+    await _revalidate(get_kind(asset.kind), version, pointer="/version")
     await _check_references(session, asset, version)
     previous = await _make_head(session, asset, version)
     await _log(
@@ -389,15 +412,7 @@ async def rollback(
         )
     kind = get_kind(asset.kind)
     copy = await _new_version(session, kind, asset, source.data, note=reason, rollback_of=to)
-    problems = await asyncio.to_thread(kind.problems, kind.parse(copy.data))
-    if problems:
-        raise ValidationFailed(
-            f"version {to} no longer passes validation: {'; '.join(problems)}",
-            errors=[
-                {"location": "body", "pointer": "/to", "detail": p, "code": "invalid"}
-                for p in problems
-            ],
-        )
+    await _revalidate(kind, copy, pointer="/to", number=to)
     copy.problems = []
     copy.state = VersionState.VALIDATED
     await session.flush()

@@ -1,60 +1,128 @@
 """The `sql_query` kind's check: exactly one read-only SELECT, as sqlglot parses it.
 
 It refuses rather than guesses: anything the parser cannot place, or whose meaning depends on
-server settings, is a problem. It never runs the SQL.
+server settings, is a problem, and so is any comment (PostgreSQL nests `/* */` comments where
+the parser does not) and any function not on the allowlist. It never runs the SQL.
+
+The text a kind stores is `canonical_sql(...)`: the parser's own rendering of the statement it
+checked, so the text that is served and run is exactly the text that was checked.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 
-__all__ = ["SIDE_EFFECTS", "check_select"]
+__all__ = [
+    "SAFE_FUNCTIONS",
+    "allow_functions",
+    "allowed_functions",
+    "canonical_sql",
+    "check_select",
+]
 
 MAX_LENGTH = 100_000
 
-SIDE_EFFECTS = frozenset(
+SAFE_FUNCTIONS = frozenset(
     {
-        "pg_sleep",
-        "pg_sleep_for",
-        "pg_sleep_until",
-        "set_config",
-        "nextval",
-        "setval",
-        "pg_terminate_backend",
-        "pg_cancel_backend",
-        "pg_reload_conf",
-        "pg_rotate_logfile",
-        "pg_notify",
-        "pg_read_file",
-        "pg_read_binary_file",
-        "pg_ls_dir",
-        "pg_stat_file",
-        "pg_switch_wal",
-        "pg_promote",
-        "pg_export_snapshot",
-        "pg_import_system_collations",
-        "pg_logical_emit_message",
-        "pg_drop_replication_slot",
-        "pg_replication_origin_create",
-        "pg_file_write",
-        "pg_file_unlink",
-        "pg_file_rename",
-        "query_to_xml",
-        "query_to_xml_and_xmlschema",
-        "query_to_xmlschema",
-        "cursor_to_xml",
-        "txid_current",
-        "pg_current_xact_id",
+        # aggregates and windows
+        "count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and",
+        "bool_or", "every", "stddev", "stddev_pop", "stddev_samp", "variance", "var_pop",
+        "var_samp", "corr", "covar_pop", "covar_samp", "percentile_cont", "percentile_disc",
+        "mode", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+        "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag",
+        "lead", "first_value", "last_value", "nth_value",
+        # conditional
+        "coalesce", "nullif", "greatest", "least", "num_nulls", "num_nonnulls",
+        # strings
+        "lower", "upper", "initcap", "length", "char_length", "character_length",
+        "octet_length", "substring", "substr", "trim", "btrim", "ltrim", "rtrim", "lpad",
+        "rpad", "concat", "concat_ws", "left", "right", "replace", "translate", "reverse",
+        "repeat", "split_part", "strpos", "position", "starts_with", "overlay", "format",
+        "to_char", "to_number", "md5", "ascii", "chr", "quote_ident", "quote_literal",
+        "regexp_replace", "regexp_match", "regexp_matches", "regexp_split_to_array",
+        "string_to_array", "array_to_string", "encode", "decode",
+        # math
+        "abs", "ceil", "ceiling", "floor", "round", "trunc", "sign", "sqrt", "cbrt", "power",
+        "pow", "exp", "ln", "log", "log10", "mod", "div", "pi", "width_bucket", "random",
+        # date and time
+        "now", "current_date", "current_time", "current_timestamp", "localtime",
+        "localtimestamp", "clock_timestamp", "statement_timestamp", "transaction_timestamp",
+        "date_trunc", "date_part", "extract", "age", "to_date", "to_timestamp", "make_date",
+        "make_time", "make_timestamp", "make_timestamptz", "make_interval", "justify_days",
+        "justify_hours", "justify_interval", "isfinite", "timezone", "date_bin",
+        # json
+        "to_json", "to_jsonb", "row_to_json", "array_to_json", "json_build_object",
+        "jsonb_build_object", "json_build_array", "jsonb_build_array", "json_typeof",
+        "jsonb_typeof", "json_array_length", "jsonb_array_length", "json_each",
+        "jsonb_each", "json_each_text", "jsonb_each_text", "json_array_elements",
+        "jsonb_array_elements", "json_array_elements_text", "jsonb_array_elements_text",
+        "json_object_keys", "jsonb_object_keys", "json_extract_path", "jsonb_extract_path",
+        "json_extract_path_text", "jsonb_extract_path_text", "jsonb_strip_nulls",
+        "jsonb_pretty", "jsonb_set", "jsonb_insert", "jsonb_path_query",
+        "jsonb_path_exists", "jsonb_path_match", "jsonb_path_query_array",
+        "jsonb_path_query_first",
+        # arrays and sets
+        "array_length", "cardinality", "array_position", "array_positions", "array_append",
+        "array_prepend", "array_cat", "array_remove", "array_replace", "unnest",
+        "generate_series", "array_lower", "array_upper", "array_ndims",
+        # row constructors and quantifiers that sqlglot reads as calls
+        "row", "all", "any", "some",
     }
-)
-"""Functions that change state, wait, read files or run SQL given as text."""
+)  # fmt: skip
+"""PostgreSQL functions a query may call (lower case). Extend with `allow_functions()`."""
 
-_PREFIXES = ("lo_", "dblink", "pg_advisory", "pg_try_advisory", "pg_create_", "pg_drop_")
+# sqlglot reads known functions and many operators as typed nodes; these are read-only.
+_SAFE_NODES: tuple[type[exp.Expression], ...] = tuple(
+    node
+    for node in (
+        getattr(exp, name, None)
+        for name in (
+            # operators and syntax sqlglot models as function nodes
+            "And", "Or", "Xor", "Not", "Array", "Case", "If", "Cast", "TryCast", "Collate",
+            "Exists", "ArrayContainedBy", "ArrayContainsAll", "ArrayOverlaps", "ArrayAny",
+            "ArrayAll", "JSONExtract", "JSONExtractScalar", "JSONBExtract",
+            "JSONBExtractScalar", "JSONBContains", "JSONBContainsTopKey",
+            "JSONBContainsAnyTopKeys", "JSONBContainsAllTopKeys", "RegexpLike", "RegexpILike",
+            "Struct", "Tuple", "Bracket",
+            # aggregates and windows
+            "Count", "Sum", "Avg", "Min", "Max", "ArrayAgg", "GroupConcat", "LogicalAnd",
+            "LogicalOr", "Stddev", "StddevPop", "StddevSamp", "Variance", "VariancePop",
+            "Corr", "CovarPop", "CovarSamp", "PercentileCont", "PercentileDisc", "Mode",
+            "JSONArrayAgg", "JSONObjectAgg", "JSONBObjectAgg", "RowNumber", "Rank",
+            "DenseRank", "PercentRank", "CumeDist", "Ntile", "Lag", "Lead", "FirstValue",
+            "LastValue", "NthValue",
+            # conditional
+            "Coalesce", "Nullif", "Greatest", "Least",
+            # strings
+            "Lower", "Upper", "Initcap", "Length", "Substring", "Trim", "Pad", "Concat",
+            "ConcatWs", "Left", "Right", "Replace", "Translate", "Reverse", "Repeat",
+            "SplitPart", "StrPosition", "StartsWith", "Overlay", "Format", "TimeToStr",
+            "ToChar", "ToNumber", "MD5", "SHA2Digest", "Ascii", "Chr", "RegexpReplace",
+            "RegexpSplit", "StringToArray", "ArrayToString", "Encode", "Decode", "Hex",
+            # math
+            "Abs", "Ceil", "Floor", "Round", "Trunc", "Sign", "Sqrt", "Cbrt", "Pow", "Exp",
+            "Ln", "Log", "Mod", "WidthBucket", "Rand",
+            # date and time
+            "CurrentDate", "CurrentTime", "CurrentTimestamp", "Localtime", "Localtimestamp",
+            "TimestampTrunc", "DateTrunc", "Extract", "Date", "StrToDate", "StrToTime",
+            "UnixToTime", "MakeInterval", "JustifyDays", "JustifyHours", "JustifyInterval",
+            "CurrentUser", "SessionUser", "CurrentSchema",
+            # arrays and sets
+            "ArraySize", "ArrayPosition", "ArrayAppend", "ArrayPrepend", "ArrayConcat",
+            "ArrayRemove", "Explode", "ExplodingGenerateSeries", "GenerateSeries",
+        )
+    )
+    if isinstance(node, type) and issubclass(node, exp.Expression)
+)  # fmt: skip
+
+_extra_functions: set[str] = set()
 
 # Statement classes that are never part of a read-only query, wherever they appear.
 _FORBIDDEN: tuple[type[exp.Expression], ...] = (
@@ -81,10 +149,35 @@ _FORBIDDEN: tuple[type[exp.Expression], ...] = (
 )
 _ROOTS: tuple[type[exp.Expression], ...] = (exp.Select, exp.SetOperation, exp.Subquery)
 _UNICODE_ESCAPE = re.compile(r"u&\s*['\"]", re.IGNORECASE)
+_COMMENT = re.compile(r"/\*|\*/|--")
 
 
-def _function_name(node: exp.Func) -> str:
-    return (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+class _Dialect(Postgres):
+    """PostgreSQL as sqlglot writes it, with `:name` placeholders kept as they were written
+    (SQLAlchemy's `text()` binds them)."""
+
+    class Generator(Postgres.Generator):  # type: ignore[valid-type, misc]
+        """Renders named placeholders as `:name`."""
+
+        def placeholder_sql(self, expression: exp.Placeholder) -> str:
+            """`:name` (unnamed ones as PostgreSQL writes them)."""
+            if expression.name:
+                return f":{expression.name}"
+            return str(super().placeholder_sql(expression))
+
+
+def allow_functions(*names: str) -> None:
+    """Let every `sql_query` check accept the functions `names` (deployment-wide; call at
+    import time, before the kernel starts). A per-kind list goes to `register_sql_kind`."""
+    for name in names:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ValueError(f"function name {name!r}: use lower-case letters, digits and _")
+    _extra_functions.update(names)
+
+
+def allowed_functions() -> frozenset[str]:
+    """The function names every check accepts: `SAFE_FUNCTIONS` and `allow_functions()`."""
+    return SAFE_FUNCTIONS | frozenset(_extra_functions)
 
 
 def _surface(sql: str) -> list[str]:
@@ -100,8 +193,11 @@ def _surface(sql: str) -> list[str]:
         problems.append("backslashes are refused: their meaning depends on server settings")
     if _UNICODE_ESCAPE.search(sql):
         problems.append('U&"..." Unicode-escape identifiers and strings are refused')
-    if "/*!" in sql or "/*+" in sql:
-        problems.append("executable or hint comments (/*! */, /*+ */) are refused")
+    if _COMMENT.search(sql):
+        problems.append(
+            "comments and the character pairs /*, */ and -- are refused anywhere, also in "
+            "strings (PostgreSQL nests /* */ comments where the checker does not)"
+        )
     return problems
 
 
@@ -113,7 +209,7 @@ def _parse(sql: str) -> exp.Expr | str:
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        statements = [s for s in sqlglot.parse(sql, read="postgres") if s is not None]
+        statements = [s for s in sqlglot.parse(sql, read=_Dialect) if s is not None]
     except (ParseError, TokenError) as exc:
         return f"the query does not parse: {str(exc).splitlines()[0][:200]}"
     except RecursionError:
@@ -125,7 +221,24 @@ def _parse(sql: str) -> exp.Expr | str:
     return statements[0]
 
 
-def _node_problem(node: exp.Expr) -> str | None:
+def _function_problem(node: exp.Func, allowed: frozenset[str]) -> str | None:
+    parent = node.parent
+    if (isinstance(parent, exp.Dot) and parent.expression is node) or (
+        isinstance(parent, exp.Table) and parent.this is node and (parent.db or parent.catalog)
+    ):
+        return "schema-qualified function calls are refused"
+    if isinstance(node, exp.Anonymous):
+        name = node.name.lower()
+        if name in allowed:
+            return None
+    else:
+        name = node.sql_name().lower()
+        if isinstance(node, _SAFE_NODES) or name in allowed:
+            return None
+    return f"the function {name}() is not on the allowlist"
+
+
+def _node_problem(node: exp.Expr, allowed: frozenset[str]) -> str | None:
     if isinstance(node, exp.Into):
         return "SELECT ... INTO writes a table"
     if isinstance(node, exp.Lock):
@@ -133,14 +246,31 @@ def _node_problem(node: exp.Expr) -> str | None:
     if isinstance(node, _FORBIDDEN):
         return f"{node.key.upper()} is not allowed in a read-only query"
     if isinstance(node, exp.Func):
-        name = _function_name(node)
-        if name in SIDE_EFFECTS or name.startswith(_PREFIXES):
-            return f"the function {name}() has side effects"
+        return _function_problem(node, allowed)
     return None
 
 
-def check_select(sql: str) -> list[str]:
-    """Problems that keep `sql` from being one read-only SELECT (empty: it is one)."""
+def _table_problems(root: exp.Expr, tables: Iterable[str]) -> list[str]:
+    permitted = {table.lower() for table in tables}
+    ctes = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)}
+    found = set()
+    for table in root.find_all(exp.Table):
+        if not isinstance(table.this, exp.Identifier):
+            continue  # a function in FROM: checked as a function
+        name = ".".join(part for part in (table.db, table.name) if part).lower()
+        if name not in permitted and not (not table.db and name in ctes):
+            found.add(f"the table {name} is not one this kind may read")
+    return sorted(found)
+
+
+def check_select(
+    sql: str, *, functions: Iterable[str] = (), tables: Iterable[str] | None = None
+) -> list[str]:
+    """Problems that keep `sql` from being one read-only SELECT (empty: it is one).
+
+    `functions` are accepted on top of `allowed_functions()`; `tables`, when given, are the
+    only tables (`name` or `schema.name`) the query may read.
+    """
     problems = _surface(sql)
     if problems:
         return problems
@@ -149,8 +279,54 @@ def check_select(sql: str) -> list[str]:
         return [root]
     if not isinstance(root, _ROOTS):
         return [f"only SELECT queries are allowed, not {root.key.upper()}"]
+    allowed = allowed_functions() | {name.lower() for name in functions}
     try:
-        found = {_node_problem(node) for node in root.walk()}
+        found = {_node_problem(node, allowed) for node in root.walk()}
+        if tables is not None:
+            found.update(_table_problems(root, tables))
     except RecursionError:
         return ["the query nests too deeply to be checked"]
     return sorted(problem for problem in found if problem is not None)
+
+
+def canonical_sql(sql: str) -> str | None:
+    """The checker's own rendering of the one statement in `sql` (None: not exactly one
+    statement, or text the check refuses before parsing). This is the text a `sql_query`
+    stores and serves, so what runs is what was checked."""
+    if _surface(sql):
+        return None
+    root = _parse(sql)
+    if isinstance(root, str):
+        return None
+    try:
+        return root.sql(dialect=_Dialect, pretty=True, comments=False)
+    except RecursionError:
+        return None
+
+
+def sql_problems(
+    sql: str, *, functions: Iterable[str] = (), tables: Iterable[str] | None = None
+) -> list[str]:
+    """`check_select` plus: `sql` is in its canonical form (what a kind stores)."""
+    problems = check_select(sql, functions=functions, tables=tables)
+    if not problems and canonical_sql(sql) != sql:
+        problems.append(
+            "the query is not in the form the registry stores; create a new draft from it"
+        )
+    return problems
+
+
+def sql_normalizer(
+    functions: Iterable[str] = (), tables: Iterable[str] | None = None
+) -> Callable[[str], str]:
+    """A function returning the canonical form of a query that passes the check, and any
+    other query unchanged (its validation then reports the problems)."""
+    names = tuple(functions)
+    permitted = None if tables is None else tuple(tables)
+
+    def normalize(sql: str) -> str:
+        if check_select(sql, functions=names, tables=permitted):
+            return sql
+        return canonical_sql(sql) or sql
+
+    return normalize

@@ -188,8 +188,8 @@ async def test_another_process_publish_arrives_by_redis(kernel: Keel) -> None:
 
 
 async def test_a_lost_notice_is_caught_by_the_poll(make_config: Callable[..., Config]) -> None:
-    """A publish whose notice never arrives (written by a bare session, not announced) still
-    reaches the cache at the next poll of the history's version."""
+    """A publish whose notice never arrives (no LISTEN, no in-process delivery) still
+    reaches the cache at the next poll of the topic's committed-change counter."""
     app = create_app(make_config(changes_poll_interval=0.2), configure_logs=False)
     async with LifespanManager(app):
         keel: Keel = app.state.keel
@@ -199,14 +199,14 @@ async def test_a_lost_notice_is_caught_by_the_poll(make_config: Callable[..., Co
         # Deafen the watcher: a publish now is heard only through the poll.
         from keel.core import changes as changes_module
 
-        original = changes_module.announce
-
-        async def silent(_session: object, _topic: str) -> None:
-            return None
-
-        service.announce = silent  # type: ignore[assignment]
+        listener = keel.changes._listener
+        if listener is not None:  # PostgreSQL: stop hearing NOTIFY
+            await listener.stop()
+            keel.changes._listener = None
+        original = changes_module._deliver_local
+        changes_module._deliver_local = lambda topics: None  # type: ignore[assignment]
         try:
             await _publish_here(keel, "q", "SELECT 2")
         finally:
-            service.announce = original
+            changes_module._deliver_local = original
         await until(lambda: cache.get("sql_query", "q").version == 2, timeout=5)  # type: ignore[union-attr]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from keel.core.database import Database
 from keel.registry.kinds import registered_kinds
-from keel.registry.models import Asset, AssetState, Transition, Version
+from keel.registry.models import Asset, AssetState, Version
 
 if TYPE_CHECKING:
     from keel.app import Keel
@@ -55,11 +55,6 @@ class PublishedCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-    async def version(self) -> Any:
-        """Changes whenever any asset changes: the history's highest id."""
-        async with self.db.session() as session:
-            return await session.scalar(select(func.max(Transition.id)))
 
     async def reload(self) -> None:
         """Re-read every published version (content parsed by its kind's model)."""

@@ -34,11 +34,12 @@ def registry_permissions() -> tuple[PermissionSpec, ...]:
 
 
 async def _start(keel: Keel) -> None:
+    from keel.core.changes import topic_version
     from keel.registry.cache import start_cache
     from keel.registry.service import TOPIC
 
     cache = start_cache(keel)
-    keel.changes.watch(TOPIC, reload=cache.reload, version=cache.version)
+    keel.changes.watch(TOPIC, reload=cache.reload, version=lambda: topic_version(keel.db, TOPIC))
 
 
 async def _stop(keel: Keel) -> None:

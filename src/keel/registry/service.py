@@ -115,6 +115,11 @@ async def history(session: AsyncSession, asset: Asset) -> list[Transition]:
     return list(rows)
 
 
+_CHANGES_PUBLISHED = frozenset({"publish", "rollback", "archive"})
+"""Transitions that change what is published (the cache's content); drafts and validations
+are not announced, so they cost no process a reload."""
+
+
 async def _log(
     session: AsyncSession,
     asset: Asset,
@@ -151,7 +156,8 @@ async def _log(
         tenant_id=asset.tenant_id,
     )
     await session.flush()
-    await announce(session, TOPIC)
+    if action in _CHANGES_PUBLISHED:
+        await announce(session, TOPIC)
 
 
 async def _new_version(

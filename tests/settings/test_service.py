@@ -277,3 +277,17 @@ async def test_another_kernel_sees_a_change_within_a_second(keel: Keel, config: 
             await asyncio.sleep(0.01)
     finally:
         await other.shutdown()
+
+
+async def test_long_and_fine_durations_survive_storage(
+    keel: Keel, test_settings: dict[str, Setting[Any]]
+) -> None:
+    """A stored 30-day or 123456.7-second duration is read back exactly after a reload of
+    another store, not ignored or rounded."""
+    for raw, seconds in (("30d", 2_592_000.0), ("123456.7s", 123_456.7)):
+        await _set(keel, "test.every", raw)
+        fresh = settings_service.SettingsStore(keel.db, keel.keyring)
+        await fresh.reload()
+        assert fresh.entry("test.every").source == "override"
+        assert fresh.get("test.every").total_seconds() == seconds
+        assert test_settings["test.every"].value.total_seconds() == seconds

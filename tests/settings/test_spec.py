@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import enum
+import json
+import random
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from keel.settings import Setting, declare
-from keel.settings.spec import forget
+from keel.settings.spec import forget, format_duration
 
 
 class Colour(enum.Enum):
@@ -137,3 +139,55 @@ def test_a_handle_answers_from_the_environment_before_any_kernel_loads(
         assert handle.read().source == "default" and handle.value == 3
     finally:
         forget("spec.env")
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        "0",
+        "0.000001",
+        "0.00005",
+        "0.0001",
+        "1.5",
+        "59.999999",
+        "123456.7",
+        "999999.999999",
+        "1000000",
+        "2592000",
+        "31536000.25",
+        "999999999.999999",
+        "1000000000",
+    ],
+)
+def test_durations_round_trip_exactly(seconds: str) -> None:
+    """A duration from a microsecond to 1e9 s parses, dumps without an exponent and parses
+    back to the same value, so a stored duration is never ignored or rounded."""
+    handle = declare("spec.wait", timedelta, default=timedelta(0))
+    try:
+        parsed = handle.parse(f"{seconds}s")
+        dumped = handle.dump(parsed)
+        assert "e" not in dumped.lower().removesuffix("s")
+        assert handle.parse(dumped) == parsed
+        assert handle.parse(json.loads(json.dumps(dumped))) == parsed
+        whole, _, fraction = seconds.partition(".")
+        expected = int(whole) * 1_000_000 + int((fraction + "000000")[:6])
+        assert parsed // timedelta(microseconds=1) == expected
+    finally:
+        forget("spec.wait")
+
+
+def test_random_durations_round_trip() -> None:
+    """Random durations over 0..1e9 s with microsecond fractions survive parse → dump →
+    parse unchanged."""
+    handle = declare("spec.wait", timedelta, default=timedelta(0))
+    rng = random.Random(11)
+    try:
+        for _ in range(5000):
+            micro = rng.choice([rng.randrange(10**6), rng.randrange(10**15 + 1)])
+            value = timedelta(microseconds=micro)
+            dumped = handle.dump(value)
+            assert handle.parse(dumped) == value, dumped
+            assert handle.parse(value) == value
+            assert handle.parse(format_duration(value)) == value
+    finally:
+        forget("spec.wait")

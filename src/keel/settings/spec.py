@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter
@@ -37,11 +38,19 @@ MASK = "***"
 """What a secret setting's value shows as, everywhere."""
 
 _KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _ISO_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+_MICROSECOND = timedelta(microseconds=1)
+_MAX_SECONDS = 10**9
 
 
 class Reading(NamedTuple, Generic[T]):
@@ -52,8 +61,13 @@ class Reading(NamedTuple, Generic[T]):
 
 
 def format_duration(value: timedelta) -> str:
-    """A duration as Keel prints it: `"30s"`, `"1.5s"`, `"600s"`."""
-    return f"{value.total_seconds():g}s"
+    """A duration as Keel prints and stores it: whole seconds and up to six decimals, never
+    an exponent (`"30s"`, `"1.5s"`, `"2592000s"`, `"0.000001s"`), so it parses back exactly."""
+    micro = value // _MICROSECOND
+    sign, micro = ("-", -micro) if micro < 0 else ("", micro)
+    seconds, fraction = divmod(micro, 1_000_000)
+    decimals = f"{fraction:06d}".rstrip("0")
+    return f"{sign}{seconds}{'.' + decimals if decimals else ''}s"
 
 
 _SIMPLE_KINDS: dict[Any, str] = {
@@ -277,25 +291,27 @@ def _model(model: type[BaseModel], raw: Any, what: str) -> BaseModel:
 
 
 def _duration(raw: Any, what: str) -> timedelta:
-    seconds: float | None = None
+    seconds: Decimal | None = None
     if isinstance(raw, timedelta):
-        seconds = raw.total_seconds()
+        seconds = Decimal(raw // _MICROSECOND) / 1_000_000
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        seconds = float(raw)
+        seconds = Decimal(raw) if math.isfinite(raw) else None
     elif isinstance(raw, str):
         text = raw.strip()
         if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
+            seconds = Decimal(text)
         elif (match := _DURATION.fullmatch(text)) is not None:
-            seconds = float(match[1]) * _UNITS[match[2]]
+            seconds = Decimal(match[1]) * _UNITS[match[2]]
         elif text[:1] in {"P", "p", "-"}:
             try:
-                seconds = _ISO_DURATION.validate_python(text.upper()).total_seconds()
+                parsed = _ISO_DURATION.validate_python(text.upper())
+                seconds = Decimal(parsed // _MICROSECOND) / 1_000_000
             except PydanticValidationError:
                 seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds < 0 or seconds > 10**9:
+    if seconds is None or seconds < 0 or seconds > _MAX_SECONDS:
         raise ValueError(f"{what} must be a duration such as 30s, 5m, 1h or PT5M")
-    return timedelta(seconds=seconds)
+    # Exact decimal arithmetic, rounded to the microsecond timedelta keeps.
+    return timedelta(microseconds=int((seconds * 1_000_000).to_integral_value(ROUND_HALF_EVEN)))
 
 
 _COERCE: dict[str, Callable[[Any, str], Any]] = {

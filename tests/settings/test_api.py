@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from keel import Config
-from keel.settings import Setting
+from keel.settings import Setting, declare
+from keel.settings.spec import forget
 from tests.identity.support import Org, build_org, json_of
 
 OWNER = "owner@example.com"
@@ -285,3 +287,39 @@ async def _odd_values(org: Org) -> None:
             ),
             404,
         )
+
+
+class Credentials(BaseModel):
+    """A secret JSON setting's model whose secret is a dict key."""
+
+    tokens: dict[str, int]
+
+
+async def test_invalid_secret_values_are_not_echoed_in_problems(
+    org: Org, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 422 for a secret setting names neither the value nor a location or validator
+    message that holds it (a dict key, a quoting validator)."""
+
+    def echoing(value: str) -> None:
+        if value:
+            raise ValueError(f"bad token {value!r}")
+
+    declare("spec.creds", Credentials, default={"tokens": {}}, secret=True)
+    declare("spec.checked", str, default="", secret=True, validator=echoing)
+    try:
+        async with await org.as_user(OWNER) as http:
+            for key, value in (
+                ("spec.creds", {"tokens": {SECRET: "many"}}),
+                ("spec.checked", SECRET),
+            ):
+                response = await http.put(
+                    f"/api/v1/settings/{key}", json={"value": value, "reason": "x"}
+                )
+                body = _problem(response, 422)
+                assert SECRET not in response.text, body
+                assert "withheld" in response.text
+    finally:
+        forget("spec.creds")
+        forget("spec.checked")
+    assert SECRET not in caplog.text

@@ -4,6 +4,7 @@ history and rollback, restart_required, concurrent writers."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import json
 from collections.abc import Callable
@@ -16,10 +17,11 @@ from keel import Config, Keel
 from keel.audit.models import AuditEvent
 from keel.core.database import Database
 from keel.core.errors import NotFound, StartupError, ValidationFailed
-from keel.settings import Setting, store
+from keel.settings import Setting, declare, store
 from keel.settings import service as settings_service
 from keel.settings.models import SettingChange, SettingOverride
 from keel.settings.service import lookup, rollback, set_value, unset_value, write
+from keel.settings.spec import forget
 
 TENANT = "0190aaaa-0000-7000-8000-000000000001"
 
@@ -291,3 +293,49 @@ async def test_long_and_fine_durations_survive_storage(
         assert fresh.entry("test.every").source == "override"
         assert fresh.get("test.every").total_seconds() == seconds
         assert test_settings["test.every"].value.total_seconds() == seconds
+
+
+class Level(enum.IntEnum):
+    QUIET = 1
+    LOUD = 2
+
+
+async def test_int_enum_settings_are_stored_and_read_back(keel: Keel) -> None:
+    """An IntEnum setting is set from text, stored as its number and read back as the
+    member by a fresh store."""
+    handle = declare("spec.level", Level, default=Level.QUIET)
+    try:
+        await _set(keel, "spec.level", "2")
+        assert handle.value is Level.LOUD
+        fresh = settings_service.SettingsStore(keel.db, keel.keyring)
+        await fresh.reload()
+        assert fresh.get("spec.level") is Level.LOUD
+        async with keel.db.session() as session:
+            row = await session.scalar(select(SettingOverride))
+        assert row is not None and row.value == "2"
+    finally:
+        forget("spec.level")
+
+
+async def test_an_invalid_secret_in_the_environment_stops_startup_without_echoing_it(
+    config: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret setting's invalid environment value stops startup naming the variable; a
+    validator that quotes the value does not get it into the error or the logs."""
+    secret = "tok-env-5a4b3c2d1e"
+
+    def echoing(value: str) -> None:
+        if value:
+            raise ValueError(f"bad token {value!r}")
+
+    monkeypatch.setenv("SPEC_TOKEN", secret)
+    declare("spec.token", str, default="", secret=True, env="SPEC_TOKEN", validator=echoing)
+    kernel = Keel(config, modules=[])
+    try:
+        with pytest.raises(StartupError) as caught:
+            await kernel.startup()
+        assert "SPEC_TOKEN" in str(caught.value) + str(caught.value.hint)
+        assert secret not in str(caught.value) and secret not in caplog.text
+    finally:
+        await kernel.shutdown()
+        forget("spec.token")

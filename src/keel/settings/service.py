@@ -221,15 +221,9 @@ def _base(setting: Setting[Any], *, strict: bool) -> tuple[Any, Source]:
     """The environment's value, else the default. An invalid environment value stops startup
     (`strict`); later it is logged and ignored."""
     try:
-        env = setting.from_env()
+        return setting.base(strict=strict)
     except ValueError as exc:
-        if strict:
-            raise StartupError(str(exc), hint=f"fix or unset {setting.env}") from None
-        _logger.warning("invalid setting in the environment", key=setting.key, error=str(exc))
-        env = None
-    if env is not None:
-        return env, "env"
-    return setting.default, "default"
+        raise StartupError(str(exc), hint=f"fix or unset {setting.env}") from None
 
 
 def _stored_value(setting: Setting[Any], row: SettingOverride, keyring: Keyring | None) -> Any:

@@ -21,6 +21,8 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from keel.observability.logging import get_logger
+
 __all__ = [
     "MASK",
     "Reading",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_logger = get_logger("keel.settings")
 Source = Literal["tenant", "override", "env", "default"]
 MASK = "***"
 """What a secret setting's value shows as, everywhere."""
@@ -151,9 +154,11 @@ class Setting(Generic[T]):
         self.secret = secret
         self.per_tenant = per_tenant
         self.default: T = self.parse(default, what="the default")
-        self.value: T = self.default
-        """The effective deployment-wide value (kept current by the running kernel)."""
-        self.source: Source = "default"
+        value, source = self.base()
+        self.value: T = value
+        """The effective deployment-wide value (kept current by the running kernel; before
+        one loads, the environment's value or the default)."""
+        self.source: Source = source
         """Where `value` came from."""
         self._tenants: dict[str, T] = {}
         self._reading: Reading[T] = Reading(self.value, self.source)
@@ -185,10 +190,43 @@ class Setting(Generic[T]):
 
     # --- values ----------------------------------------------------------------------------
     def parse(self, raw: Any, *, what: str = "the value") -> T:
-        """`raw` (JSON data or text) as this setting's type, checked; ValueError if not."""
-        value = self._coerce(raw, what)
-        self._check(value, what)
-        return cast("T", value)
+        """`raw` (JSON data or text) as this setting's type, checked; ValueError if not.
+
+        For a secret setting the error says only that the value is not valid: a type's or a
+        validator's message may quote the value, so none of it is passed on."""
+        try:
+            value = self._coerce(raw, what)
+            self._check(value, what)
+        except ValueError:
+            if not self.secret:
+                raise
+        else:
+            return cast("T", value)
+        # Raised outside the handler, so the detailed error is not even its context.
+        raise ValueError(
+            f"{what} is not a valid value for the secret setting {self.key} "
+            "(details are withheld so the value is not echoed)"
+        )
+
+    def base(self, *, strict: bool = False) -> tuple[T, Source]:
+        """The environment's value, else the default. An invalid environment value raises
+        ValueError if `strict`; otherwise it is logged (naming the key and variable, never
+        the value of a secret) and the default is used."""
+        try:
+            env = self.from_env()
+        except ValueError as exc:
+            if strict:
+                raise
+            _logger.warning(
+                "invalid setting in the environment ignored",
+                key=self.key,
+                variable=self.env,
+                **({} if self.secret else {"error": str(exc)}),
+            )
+            env = None
+        if env is not None:
+            return env, "env"
+        return self.default, "default"
 
     def from_env(self, environ: Mapping[str, str] | None = None) -> T | None:
         """The environment's value, or None if its variable is unset."""
@@ -215,14 +253,24 @@ class Setting(Generic[T]):
 
     def _coerce(self, raw: Any, what: str) -> Any:
         if self.kind == "enum":
-            member = raw.value if isinstance(raw, enum.Enum) else raw
-            if not isinstance(member, str) or self.choices is None or member not in self.choices:
-                raise ValueError(f"{what} must be one of: {', '.join(self.choices or ())}")
-            return self._enum(member) if self._enum is not None else member
+            return self._choice(raw, what)
         if self.kind == "json":
             assert self._model is not None
             return _model(self._model, raw, what)
         return _COERCE[self.kind](raw, what)
+
+    def _choice(self, raw: Any, what: str) -> Any:
+        member = raw.value if isinstance(raw, enum.Enum) else raw
+        if self._enum is not None and not isinstance(member, bool):
+            # A member's value may be any type (IntEnum: 1); text names it by str(value).
+            for candidate in self._enum:
+                if candidate.value == member or (
+                    isinstance(member, str) and str(candidate.value) == member.strip()
+                ):
+                    return candidate
+        elif isinstance(member, str) and self.choices is not None and member in self.choices:
+            return member
+        raise ValueError(f"{what} must be one of: {', '.join(self.choices or ())}")
 
     def _check(self, value: Any, what: str) -> None:
         if self.ge is not None and value < self.ge:

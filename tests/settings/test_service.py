@@ -17,6 +17,7 @@ from keel import Config, Keel
 from keel.audit.models import AuditEvent
 from keel.core.database import Database
 from keel.core.errors import NotFound, StartupError, ValidationFailed
+from keel.core.keyring import Keyring
 from keel.settings import Setting, declare, store
 from keel.settings import service as settings_service
 from keel.settings.models import SettingChange, SettingOverride
@@ -85,6 +86,8 @@ async def test_precedence_in_every_combination(
         ("test.every", "-1s", None),
         ("test.limits", {"burst": "x"}, None),
         ("test.count", 3, TENANT),  # not a per-tenant setting
+        ("test.quota", 3, ""),  # an empty tenant would be the global override
+        ("test.quota", 3, "t" * 37),
     ],
 )
 async def test_invalid_values_change_nothing(
@@ -182,7 +185,7 @@ async def test_restart_required_settings_keep_their_start_value(
     assert entry.pending and entry.live == 8
     assert store(keel).snapshot.pending() == ["test.workers"]
     check = keel.readiness_checks()["settings"]
-    assert await check() == "pending restart: test.workers"
+    assert await check() == "1 setting pending restart"
     await write(keel.db, lambda s: unset_value(s, lookup("test.workers"), reason="back"))
     await store(keel).reload()
     assert store(keel).snapshot.pending() == []
@@ -339,3 +342,21 @@ async def test_an_invalid_secret_in_the_environment_stops_startup_without_echoin
     finally:
         await kernel.shutdown()
         forget("spec.token")
+
+
+async def test_an_unusable_keyring_loses_only_the_encrypted_settings(
+    keel: Keel, test_settings: dict[str, Setting[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a secret override stored and no usable master key, a reload still loads every
+    other setting (the secret falls back to its default) instead of failing whole."""
+    await _set(keel, "test.token", "s3cr3t-keyring-test")
+    await _set(keel, "test.count", 42)
+
+    async def broken_keyring() -> Keyring:
+        raise StartupError("no master key", hint="set KEEL_MASTER_KEY")
+
+    fresh = settings_service.SettingsStore(keel.db, broken_keyring)
+    await fresh.reload()
+    assert fresh.entry("test.count").value == 42
+    assert fresh.entry("test.token").source == "default"
+    assert "keyring unavailable" in caplog.text and "s3cr3t" not in caplog.text

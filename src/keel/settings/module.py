@@ -142,8 +142,11 @@ async def _instance_id(db: Database) -> str:
 
 def _pending(keel: Keel) -> Callable[[], Awaitable[str | None]]:
     async def check() -> str | None:
-        pending = store_of(keel).snapshot.pending()
-        return f"pending restart: {', '.join(pending)}" if pending else None
+        # A count only: /readyz is public, setting names are for `settings:read` holders.
+        pending = len(store_of(keel).snapshot.pending())
+        if not pending:
+            return None
+        return f"{pending} setting{'s' if pending > 1 else ''} pending restart"
 
     return check
 

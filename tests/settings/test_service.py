@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from keel import Config, Keel
 from keel.audit.models import AuditEvent
+from keel.core import changes as changes_module
 from keel.core.database import Database
 from keel.core.errors import NotFound, StartupError, ValidationFailed
 from keel.core.keyring import Keyring
@@ -270,10 +271,15 @@ async def test_concurrent_writers_lose_no_history(
     assert current is not None and current.value == rows[-1].after
 
 
-async def test_another_kernel_sees_a_change_within_a_second(keel: Keel, config: Config) -> None:
-    """A second kernel with its own engine reloads a committed change within 1 s."""
-    other = Keel(config, modules=[])
+async def test_another_kernel_sees_a_change_without_the_in_process_path(
+    keel: Keel, make_config: Callable[..., Config]
+) -> None:
+    """A second kernel with its own engine, cut off from in-process notices, reloads a
+    committed change within 1 s through PostgreSQL LISTEN or (SQLite) its 0.2 s version poll.
+    The multi-process tests in test_propagation.py check the same across processes."""
+    other = Keel(make_config(changes_poll_interval=0.2), modules=[])
     await other.startup()
+    changes_module._watchers.discard(other.changes)  # only LISTEN/the poll can tell it
     try:
         await _set(keel, "test.count", 77)
         deadline = asyncio.get_running_loop().time() + 1.0

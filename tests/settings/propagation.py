@@ -2,7 +2,7 @@
 
 Shared by the propagation tests and `bench/settings.py`: the parent starts a kernel on the
 database, spawns `tests.settings.watcher`, changes `prop.value` `changes` times and returns,
-for each change, the seconds from its commit to the child seeing it.
+for each change, the seconds from its COMMIT returning to the child seeing it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel import Config, Keel, settings
 from keel.settings.service import lookup, set_value, write
@@ -59,9 +62,20 @@ async def measure(config: Config, env: dict[str, str], *, changes: int = 5) -> l
             raise RuntimeError("the watcher did not start")
         setting = lookup("prop.value")
         delays: list[float] = []
+        stamps: list[float] = []
+
+        def committed_now(_session: object) -> None:
+            stamps.append(time.time())
+
         for value in range(1, changes + 1):
-            await write(keel.db, lambda s, v=value: set_value(s, setting, v, reason="measure"))
-            committed = time.time()
+
+            async def change(session: AsyncSession, v: int = value) -> None:
+                # The clock starts when COMMIT returns, before any other after-commit work.
+                event.listen(session.sync_session, "after_commit", committed_now, once=True)
+                await set_value(session, setting, v, reason="measure")
+
+            await write(keel.db, change)
+            committed = stamps[-1]
             seen = (await _line(child.stdout, 10)).split()
             if seen[:2] != ["seen", str(value)]:
                 raise RuntimeError(f"unexpected watcher output {seen}")

@@ -9,9 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from keel import Config
-from keel.settings import Setting
+from keel.settings import Setting, declare
+from keel.settings.spec import forget
 from tests.identity.support import Org, build_org, json_of
 
 OWNER = "owner@example.com"
@@ -83,6 +85,15 @@ async def test_set_read_history_rollback_and_unset(
         ("PUT", "/api/v1/settings/test.mode", {"value": "prod", "reason": "x"}, 422),
         ("PUT", "/api/v1/settings/test.limits", {"value": {"burst": -1}, "reason": "x"}, 422),
         ("PUT", "/api/v1/settings/test.count", {"value": 3, "reason": "x", "tenant": "t"}, 422),
+        ("PUT", "/api/v1/settings/test.quota", {"value": 3, "reason": "x", "tenant": ""}, 422),
+        (
+            "PUT",
+            "/api/v1/settings/test.quota",
+            {"value": 3, "reason": "x", "tenant": "t" * 37},
+            422,
+        ),
+        ("DELETE", "/api/v1/settings/test.quota?reason=x&tenant=", None, 422),
+        ("GET", "/api/v1/settings/test.quota?tenant=", None, 422),
         ("PUT", "/api/v1/settings/test.unknown", {"value": 3, "reason": "x"}, 404),
         ("DELETE", "/api/v1/settings/test.count", None, 422),
         ("DELETE", "/api/v1/settings/test.unknown?reason=x", None, 404),
@@ -201,8 +212,9 @@ async def test_secrets_are_never_echoed(
 
 
 async def test_pending_restart_shows_in_the_list_and_readiness(org: Org) -> None:
-    """A changed restart_required setting is listed as pending and /readyz notes it without
-    failing."""
+    """A changed restart_required setting is listed as pending to a deployment admin; a
+    tenant's account does not learn its name, and the public /readyz gives only a count
+    without failing."""
     async with await org.as_user(OWNER) as http:
         changed = json_of(
             await http.put("/api/v1/settings/test.workers", json={"value": 8, "reason": "x"})
@@ -217,7 +229,12 @@ async def test_pending_restart_shows_in_the_list_and_readiness(org: Org) -> None
         ready = await http.get("/readyz")
     assert ready.status_code == 200, ready.text
     check = ready.json()["checks"]["settings"]
-    assert check["ok"] is True and check["info"] == "pending restart: test.workers"
+    assert check["ok"] is True and check["info"] == "1 setting pending restart"
+    assert "test.workers" not in ready.text
+    async with await org.as_user("admin-a@example.com") as http:
+        tenants_view = await http.get("/api/v1/settings")
+    assert json_of(tenants_view)["pending_restart"] == []
+    assert "test.workers" not in tenants_view.text
 
 
 async def test_json_settings_round_trip(org: Org, test_settings: dict[str, Setting[Any]]) -> None:
@@ -285,3 +302,65 @@ async def _odd_values(org: Org) -> None:
             ),
             404,
         )
+
+
+class Credentials(BaseModel):
+    """A secret JSON setting's model whose secret is a dict key."""
+
+    tokens: dict[str, int]
+
+
+async def test_invalid_secret_values_are_not_echoed_in_problems(
+    org: Org, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 422 for a secret setting names neither the value nor a location or validator
+    message that holds it (a dict key, a quoting validator)."""
+
+    def echoing(value: str) -> None:
+        if value:
+            raise ValueError(f"bad token {value!r}")
+
+    declare("spec.creds", Credentials, default={"tokens": {}}, secret=True)
+    declare("spec.checked", str, default="", secret=True, validator=echoing)
+    try:
+        async with await org.as_user(OWNER) as http:
+            for key, value in (
+                ("spec.creds", {"tokens": {SECRET: "many"}}),
+                ("spec.checked", SECRET),
+            ):
+                response = await http.put(
+                    f"/api/v1/settings/{key}", json={"value": value, "reason": "x"}
+                )
+                body = _problem(response, 422)
+                assert SECRET not in response.text, body
+                assert "withheld" in response.text
+    finally:
+        forget("spec.creds")
+        forget("spec.checked")
+    assert SECRET not in caplog.text
+
+
+async def test_rolling_back_to_a_value_stored_while_secret_is_refused(org: Org) -> None:
+    """A setting declared secret when a change was made and plain now cannot be rolled back
+    to that encrypted change: 409 problem+json, nothing written, never a server error."""
+    declare("spec.rotated", str, default="", secret=True)
+    try:
+        async with await org.as_user(OWNER) as http:
+            json_of(
+                await http.put(
+                    "/api/v1/settings/spec.rotated", json={"value": SECRET, "reason": "x"}
+                )
+            )
+            change = json_of(await http.get("/api/v1/settings/spec.rotated/history"))["items"][0]
+            forget("spec.rotated")
+            declare("spec.rotated", str, default="")
+            response = await http.post(
+                "/api/v1/settings/spec.rotated/rollback",
+                json={"change_id": change["id"], "reason": "back"},
+            )
+            _problem(response, 409)
+            assert SECRET not in response.text
+            history = json_of(await http.get("/api/v1/settings/spec.rotated/history"))["items"]
+            assert len(history) == 1
+    finally:
+        forget("spec.rotated")

@@ -71,6 +71,10 @@ def test_set_get_history_rollback_unset() -> None:
         (["set", "test.count", "3"], "a reason is required", "--reason"),
         (["rollback", "test.count", "nope", "--reason", "x"], "No change 'nope'", None),
         (["set", "test.count", "3", "--tenant", "t1", "--reason", "x"], "no tenant", None),
+        (["set", "test.quota", "3", "--tenant", "", "--reason", "x"], "1 to 36", "omit"),
+        (["set", "test.quota", "3", "--tenant", "t" * 37, "--reason", "x"], "1 to 36", "omit"),
+        (["unset", "test.quota", "--tenant", "", "--reason", "x"], "1 to 36", "omit"),
+        (["get", "test.quota", "--tenant", ""], "1 to 36", "omit"),
     ],
 )
 def test_errors_are_one_line_with_a_hint(args: list[str], message: str, hint: str | None) -> None:
@@ -84,6 +88,7 @@ def test_errors_are_one_line_with_a_hint(args: list[str], message: str, hint: st
         assert lines[1].strip().startswith("hint:") and hint in lines[1]
     assert "Traceback" not in result.output
     assert _json("history", "test.count") == []
+    assert _json("history", "test.quota") == []
 
 
 def test_secrets_come_from_stdin_and_are_never_printed() -> None:

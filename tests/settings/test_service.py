@@ -4,6 +4,7 @@ history and rollback, restart_required, concurrent writers."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import json
 from collections.abc import Callable
@@ -14,12 +15,15 @@ from sqlalchemy import func, select
 
 from keel import Config, Keel
 from keel.audit.models import AuditEvent
+from keel.core import changes as changes_module
 from keel.core.database import Database
 from keel.core.errors import NotFound, StartupError, ValidationFailed
-from keel.settings import Setting, store
+from keel.core.keyring import Keyring
+from keel.settings import Setting, declare, store
 from keel.settings import service as settings_service
 from keel.settings.models import SettingChange, SettingOverride
 from keel.settings.service import lookup, rollback, set_value, unset_value, write
+from keel.settings.spec import forget
 
 TENANT = "0190aaaa-0000-7000-8000-000000000001"
 
@@ -83,6 +87,8 @@ async def test_precedence_in_every_combination(
         ("test.every", "-1s", None),
         ("test.limits", {"burst": "x"}, None),
         ("test.count", 3, TENANT),  # not a per-tenant setting
+        ("test.quota", 3, ""),  # an empty tenant would be the global override
+        ("test.quota", 3, "t" * 37),
     ],
 )
 async def test_invalid_values_change_nothing(
@@ -180,7 +186,7 @@ async def test_restart_required_settings_keep_their_start_value(
     assert entry.pending and entry.live == 8
     assert store(keel).snapshot.pending() == ["test.workers"]
     check = keel.readiness_checks()["settings"]
-    assert await check() == "pending restart: test.workers"
+    assert await check() == "1 setting pending restart"
     await write(keel.db, lambda s: unset_value(s, lookup("test.workers"), reason="back"))
     await store(keel).reload()
     assert store(keel).snapshot.pending() == []
@@ -265,10 +271,15 @@ async def test_concurrent_writers_lose_no_history(
     assert current is not None and current.value == rows[-1].after
 
 
-async def test_another_kernel_sees_a_change_within_a_second(keel: Keel, config: Config) -> None:
-    """A second kernel with its own engine reloads a committed change within 1 s."""
-    other = Keel(config, modules=[])
+async def test_another_kernel_sees_a_change_without_the_in_process_path(
+    keel: Keel, make_config: Callable[..., Config]
+) -> None:
+    """A second kernel with its own engine, cut off from in-process notices, reloads a
+    committed change within 1 s through PostgreSQL LISTEN or (SQLite) its 0.2 s version poll.
+    The multi-process tests in test_propagation.py check the same across processes."""
+    other = Keel(make_config(changes_poll_interval=0.2), modules=[])
     await other.startup()
+    changes_module._watchers.discard(other.changes)  # only LISTEN/the poll can tell it
     try:
         await _set(keel, "test.count", 77)
         deadline = asyncio.get_running_loop().time() + 1.0
@@ -277,3 +288,81 @@ async def test_another_kernel_sees_a_change_within_a_second(keel: Keel, config: 
             await asyncio.sleep(0.01)
     finally:
         await other.shutdown()
+
+
+async def test_long_and_fine_durations_survive_storage(
+    keel: Keel, test_settings: dict[str, Setting[Any]]
+) -> None:
+    """A stored 30-day or 123456.7-second duration is read back exactly after a reload of
+    another store, not ignored or rounded."""
+    for raw, seconds in (("30d", 2_592_000.0), ("123456.7s", 123_456.7)):
+        await _set(keel, "test.every", raw)
+        fresh = settings_service.SettingsStore(keel.db, keel.keyring)
+        await fresh.reload()
+        assert fresh.entry("test.every").source == "override"
+        assert fresh.get("test.every").total_seconds() == seconds
+        assert test_settings["test.every"].value.total_seconds() == seconds
+
+
+class Level(enum.IntEnum):
+    QUIET = 1
+    LOUD = 2
+
+
+async def test_int_enum_settings_are_stored_and_read_back(keel: Keel) -> None:
+    """An IntEnum setting is set from text, stored as its number and read back as the
+    member by a fresh store."""
+    handle = declare("spec.level", Level, default=Level.QUIET)
+    try:
+        await _set(keel, "spec.level", "2")
+        assert handle.value is Level.LOUD
+        fresh = settings_service.SettingsStore(keel.db, keel.keyring)
+        await fresh.reload()
+        assert fresh.get("spec.level") is Level.LOUD
+        async with keel.db.session() as session:
+            row = await session.scalar(select(SettingOverride))
+        assert row is not None and row.value == "2"
+    finally:
+        forget("spec.level")
+
+
+async def test_an_invalid_secret_in_the_environment_stops_startup_without_echoing_it(
+    config: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret setting's invalid environment value stops startup naming the variable; a
+    validator that quotes the value does not get it into the error or the logs."""
+    secret = "tok-env-5a4b3c2d1e"
+
+    def echoing(value: str) -> None:
+        if value:
+            raise ValueError(f"bad token {value!r}")
+
+    monkeypatch.setenv("SPEC_TOKEN", secret)
+    declare("spec.token", str, default="", secret=True, env="SPEC_TOKEN", validator=echoing)
+    kernel = Keel(config, modules=[])
+    try:
+        with pytest.raises(StartupError) as caught:
+            await kernel.startup()
+        assert "SPEC_TOKEN" in str(caught.value) + str(caught.value.hint)
+        assert secret not in str(caught.value) and secret not in caplog.text
+    finally:
+        await kernel.shutdown()
+        forget("spec.token")
+
+
+async def test_an_unusable_keyring_loses_only_the_encrypted_settings(
+    keel: Keel, test_settings: dict[str, Setting[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a secret override stored and no usable master key, a reload still loads every
+    other setting (the secret falls back to its default) instead of failing whole."""
+    await _set(keel, "test.token", "s3cr3t-keyring-test")
+    await _set(keel, "test.count", 42)
+
+    async def broken_keyring() -> Keyring:
+        raise StartupError("no master key", hint="set KEEL_MASTER_KEY")
+
+    fresh = settings_service.SettingsStore(keel.db, broken_keyring)
+    await fresh.reload()
+    assert fresh.entry("test.count").value == 42
+    assert fresh.entry("test.token").source == "default"
+    assert "keyring unavailable" in caplog.text and "s3cr3t" not in caplog.text

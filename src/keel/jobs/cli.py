@@ -150,13 +150,16 @@ def worker(
     """Run jobs until SIGTERM/SIGINT; then finish running ones within the grace period and
     give the rest back to the queue."""
     from keel.jobs.worker import Worker
+    from keel.settings.module import start_settings
 
     config = load_config(data_dir=data_dir)
 
     async def go() -> None:
         db = Database(config)
+        stop_settings: Callable[[], Awaitable[None]] | None = None
         try:
             await prepare(db, auto_migrate=config.should_auto_migrate)
+            stop_settings = await start_settings(config, db)  # loaded, bound, kept current
             instance = Worker(
                 db,
                 queues=[q.strip() for q in queues.split(",")] if queues else config.worker_queues,
@@ -177,6 +180,8 @@ def worker(
             )
             await instance.run()
         finally:
+            if stop_settings is not None:
+                await stop_settings()
             await db.dispose()
 
     run(go())

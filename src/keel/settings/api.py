@@ -31,13 +31,13 @@ KeyPath = Annotated[str, Path(max_length=100)]
 class NewValue(BaseModel):
     value: Any = Field(description="The new value, as JSON (durations as text like `30s`).")
     reason: str = Field(min_length=1, max_length=1000)
-    tenant: str | None = Field(default=None, max_length=36)
+    tenant: str | None = Field(default=None, min_length=1, max_length=36)
 
 
 class Rollback(BaseModel):
     change_id: str = Field(min_length=1, max_length=36)
     reason: str = Field(min_length=1, max_length=1000)
-    tenant: str | None = Field(default=None, max_length=36)
+    tenant: str | None = Field(default=None, min_length=1, max_length=36)
 
 
 def _bound(setting: Setting[Any], bound: Any) -> Any:
@@ -118,7 +118,11 @@ def settings_router(keel: Keel) -> APIRouter:
             for key, setting in sorted(declared().items())
             if tenant is None or setting.per_tenant
         ]
-        return {"items": items, "pending_restart": store.snapshot.pending()}
+        # Only what the caller may see: a tenant's account sees per-tenant settings, which are
+        # never restart_required, so its list is always empty.
+        visible = {item["key"] for item in items}
+        pending = [key for key in store.snapshot.pending() if key in visible]
+        return {"items": items, "pending_restart": pending}
 
     @router.get(
         "/{key}",
@@ -128,7 +132,7 @@ def settings_router(keel: Keel) -> APIRouter:
     async def get_setting(
         key: KeyPath,
         principal: Reader,
-        tenant: Annotated[str | None, Query(max_length=36)] = None,
+        tenant: Annotated[str | None, Query(min_length=1, max_length=36)] = None,
     ) -> dict[str, Any]:
         setting, tenant = _visible(principal, key, tenant)
         return await state(setting, tenant)
@@ -159,7 +163,7 @@ def settings_router(keel: Keel) -> APIRouter:
         key: KeyPath,
         principal: Writer,
         reason: Annotated[str, Query(max_length=1000)] = "",
-        tenant: Annotated[str | None, Query(max_length=36)] = None,
+        tenant: Annotated[str | None, Query(min_length=1, max_length=36)] = None,
     ) -> dict[str, Any]:
         setting, tenant = _visible(principal, key, tenant)
         keyring = await keyring_for(setting)

@@ -83,9 +83,8 @@ async def _data(
 
 
 def _show(data: dict[str, Any]) -> None:
-    pending = " (pending restart)" if data["pending_restart"] else ""
     out.print(
-        f"{data['key']} = {escape(repr_value(data['value']))}  [{data['source']}]{pending}",
+        f"{data['key']} = {escape(repr_value(data['value']))}  [{data['source']}]",
         highlight=False,
     )
 
@@ -97,6 +96,16 @@ def repr_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _tenant(tenant: str | None) -> str | None:
+    if tenant is not None and not 1 <= len(tenant) <= 36:
+        fail(
+            "--tenant must be a tenant id of 1 to 36 characters",
+            hint="omit it for the deployment-wide value",
+            code=2,
+        )
+    return tenant
+
+
 def _reason(reason: str | None) -> str:
     if reason is None or not reason.strip():
         fail("a reason is required", hint='add --reason "why this change"', code=2)
@@ -105,7 +114,10 @@ def _reason(reason: str | None) -> str:
 
 @group.command("list")
 def list_(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
-    """Every setting with its value (secrets masked) and where it comes from."""
+    """Every setting with its value (secrets masked) and where it comes from.
+
+    A restart_required setting waits for a restart per process: the API's list and each
+    process's /readyz say whether that process has one pending; this command cannot."""
     config = load_config(data_dir=data_dir)
 
     async def work(db: Database, keyring: Callable[[], Awaitable[Keyring]]) -> list[Any]:
@@ -130,7 +142,7 @@ def list_(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
             escape(repr_value(row["value"])),
             row["source"],
             row["type"],
-            "pending" if row["pending_restart"] else ("yes" if row["restart_required"] else ""),
+            "required" if row["restart_required"] else "",
             escape(row["description"][:60]),
         )
     out.print(table if rows else "No settings are declared.")
@@ -144,6 +156,7 @@ def get(
     as_json: JsonOption = False,
 ) -> None:
     """One setting: its value (secret masked), source, default and last change."""
+    tenant = _tenant(tenant)
     config = load_config(data_dir=data_dir)
 
     async def work(db: Database, keyring: Callable[[], Awaitable[Keyring]]) -> dict[str, Any]:
@@ -163,6 +176,7 @@ def _change(
     as_json: bool,
     write: Callable[[AsyncSession, Setting[Any], Keyring | None], Awaitable[Any]],
 ) -> None:
+    _tenant(tenant)
     config = load_config(data_dir=data_dir)
 
     async def work(db: Database, keyring: Callable[[], Awaitable[Keyring]]) -> dict[str, Any]:

@@ -4,15 +4,19 @@ notices, the API and CLI, permissions, and the readiness note on pending restart
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keel.core.modules import KeelModule, PermissionSpec
 
 if TYPE_CHECKING:
     from keel.app import Keel
+    from keel.core.changes import ChangeWatcher
+    from keel.core.config import Config
+    from keel.core.database import Database
+    from keel.core.keyring import Keyring
     from keel.settings.service import SettingsStore
 
-__all__ = ["SETTINGS_PERMISSIONS", "settings_module", "store_of"]
+__all__ = ["SETTINGS_PERMISSIONS", "settings_module", "start_settings", "store_of"]
 
 SETTINGS_PERMISSIONS = (
     PermissionSpec(
@@ -33,13 +37,18 @@ def store_of(keel: Keel) -> SettingsStore:
     return store
 
 
-async def _start(keel: Keel) -> None:
+async def _serve(store: SettingsStore, changes: ChangeWatcher) -> None:
+    """Load `store` (strictly: an invalid environment value stops startup), make its values
+    the handles' and reload it whenever the settings topic changes."""
     from keel.settings.service import TOPIC
 
-    store = store_of(keel)
-    await store.reload()  # values are current before the first request
+    await store.reload()  # values are current before the first request or job
     store.bind()
-    keel.changes.watch(TOPIC, reload=store.reload, version=store.version)
+    changes.watch(TOPIC, reload=store.reload, version=store.version)
+
+
+async def _start(keel: Keel) -> None:
+    await _serve(store_of(keel), keel.changes)
 
 
 async def _stop(keel: Keel) -> None:
@@ -51,10 +60,93 @@ async def _stop(keel: Keel) -> None:
         store.unbind()
 
 
+async def start_settings(config: Config, db: Database) -> Callable[[], Awaitable[None]]:
+    """Settings for a process that runs no kernel (`keel worker`): loaded strictly (an
+    invalid environment value raises StartupError), bound to the handles and kept current
+    through change notices (PostgreSQL `LISTEN`, Redis on the deployment's channel, the
+    version poll) as a kernel does. Returns the function that stops all that."""
+    from keel.core.changes import ChangeWatcher
+    from keel.core.keyring import Keyring, load_master_key
+    from keel.settings.service import TOPIC, SettingsStore
+
+    loaded: list[Keyring] = []
+
+    async def keyring() -> Keyring:
+        if not loaded:
+            ring = Keyring(load_master_key(config))
+            await ring.load(db)
+            loaded.append(ring)
+        return loaded[0]
+
+    store = SettingsStore(db, keyring)
+    changes = ChangeWatcher(db, poll_interval=config.changes_poll_interval)
+    redis: Any = None
+
+    async def stop() -> None:
+        changes.unwatch(TOPIC)
+        await changes.stop()
+        store.unbind()
+        if redis is not None:
+            await redis.aclose()
+
+    try:
+        if config.redis_url:
+            redis = _redis(config.redis_url)
+        await changes.start(redis=redis, scope=await _instance_id(db))
+        await _serve(store, changes)
+    except BaseException:
+        await stop()
+        raise
+    return stop
+
+
+def _redis(url: str) -> Any:
+    from keel.core.errors import StartupError
+
+    try:
+        import redis.asyncio as redis_asyncio
+    except ModuleNotFoundError:
+        raise StartupError(
+            "KEEL_REDIS_URL is set but the redis client is not installed",
+            hint="pip install 'keel-server[redis]'",
+        ) from None
+    return redis_asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+
+async def _instance_id(db: Database) -> str:
+    """The deployment's id (the Redis channel's scope), created if no kernel made it yet."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
+
+    from keel import __version__
+    from keel.core.errors import StartupError
+    from keel.core.ids import new_id
+    from keel.core.models import Instance
+
+    for _attempt in range(3):
+        try:
+            async with db.transaction() as session:
+                instance = await session.scalar(select(Instance))
+                if instance is None:
+                    instance = Instance(
+                        id=new_id(), created_at=datetime.now(UTC), created_by_version=__version__
+                    )
+                    session.add(instance)
+                return instance.id
+        except IntegrityError:
+            continue  # a kernel created it meanwhile: read theirs
+    raise StartupError("could not create the instance record", hint="run `keel doctor`")
+
+
 def _pending(keel: Keel) -> Callable[[], Awaitable[str | None]]:
     async def check() -> str | None:
-        pending = store_of(keel).snapshot.pending()
-        return f"pending restart: {', '.join(pending)}" if pending else None
+        # A count only: /readyz is public, setting names are for `settings:read` holders.
+        pending = len(store_of(keel).snapshot.pending())
+        if not pending:
+            return None
+        return f"{pending} setting{'s' if pending > 1 else ''} pending restart"
 
     return check
 

@@ -163,7 +163,14 @@ class SettingsStore:
         async with self.db.session() as session:
             # unscoped: the process holds every tenant's overrides.
             rows = list(await session.scalars(select(SettingOverride)))
-        keyring = await self._keyring() if any(r.ciphertext is not None for r in rows) else None
+        keyring: Keyring | None = None
+        if any(r.ciphertext is not None for r in rows):
+            try:
+                keyring = await self._keyring()
+            except Exception as exc:  # noqa: BLE001 - only the encrypted overrides are lost
+                # Without a usable key the encrypted overrides are skipped (each logged);
+                # every other setting still loads and propagates.
+                _logger.warning("keyring unavailable; encrypted settings ignored", error=str(exc))
         by_key: dict[str, list[SettingOverride]] = {}
         for row in rows:
             by_key.setdefault(row.key, []).append(row)
@@ -221,21 +228,16 @@ def _base(setting: Setting[Any], *, strict: bool) -> tuple[Any, Source]:
     """The environment's value, else the default. An invalid environment value stops startup
     (`strict`); later it is logged and ignored."""
     try:
-        env = setting.from_env()
+        return setting.base(strict=strict)
     except ValueError as exc:
-        if strict:
-            raise StartupError(str(exc), hint=f"fix or unset {setting.env}") from None
-        _logger.warning("invalid setting in the environment", key=setting.key, error=str(exc))
-        env = None
-    if env is not None:
-        return env, "env"
-    return setting.default, "default"
+        raise StartupError(str(exc), hint=f"fix or unset {setting.env}") from None
 
 
 def _stored_value(setting: Setting[Any], row: SettingOverride, keyring: Keyring | None) -> Any:
     try:
         if row.ciphertext is not None:
-            assert keyring is not None
+            if keyring is None:
+                raise ValueError("no keyring to decrypt it")
             text = keyring.decrypt(row.ciphertext, context=_context(row.key, row.scope)).decode()
         else:
             text = row.value or "null"
@@ -268,6 +270,12 @@ async def write(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T
 def _scope(setting: Setting[Any], tenant_id: str | None) -> str:
     if tenant_id is None:
         return GLOBAL
+    if not 1 <= len(tenant_id) <= 36:
+        # An empty tenant would be the global scope: refuse it rather than write that.
+        raise ValidationFailed(
+            "A tenant id is 1 to 36 characters.",
+            errors=[{"loc": ["body", "tenant"], "msg": "1 to 36 characters"}],
+        )
     if not setting.per_tenant:
         raise ValidationFailed(
             f"The setting {setting.key!r} has no tenant overrides.",
@@ -459,6 +467,12 @@ async def rollback(
     present = target.after is not None or target.after_ciphertext is not None
     value: Any = None
     if target.after_ciphertext is not None:
+        if not setting.secret:
+            # Restoring it would store a once-secret value in plain text.
+            raise Conflict(
+                f"That change holds an encrypted value, and {setting.key!r} is no longer "
+                "secret; set a new value instead."
+            )
         if keyring is None:
             raise ValueError("a keyring is needed to roll back a secret setting")
         context = _context(setting.key, scope)

@@ -15,10 +15,13 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
+
+from keel.observability.logging import get_logger
 
 __all__ = [
     "MASK",
@@ -32,16 +35,25 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_logger = get_logger("keel.settings")
 Source = Literal["tenant", "override", "env", "default"]
 MASK = "***"
 """What a secret setting's value shows as, everywhere."""
 
 _KEY = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS = {
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _ISO_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+_MICROSECOND = timedelta(microseconds=1)
+_MAX_SECONDS = 10**9
 
 
 class Reading(NamedTuple, Generic[T]):
@@ -52,8 +64,13 @@ class Reading(NamedTuple, Generic[T]):
 
 
 def format_duration(value: timedelta) -> str:
-    """A duration as Keel prints it: `"30s"`, `"1.5s"`, `"600s"`."""
-    return f"{value.total_seconds():g}s"
+    """A duration as Keel prints and stores it: whole seconds and up to six decimals, never
+    an exponent (`"30s"`, `"1.5s"`, `"2592000s"`, `"0.000001s"`), so it parses back exactly."""
+    micro = value // _MICROSECOND
+    sign, micro = ("-", -micro) if micro < 0 else ("", micro)
+    seconds, fraction = divmod(micro, 1_000_000)
+    decimals = f"{fraction:06d}".rstrip("0")
+    return f"{sign}{seconds}{'.' + decimals if decimals else ''}s"
 
 
 _SIMPLE_KINDS: dict[Any, str] = {
@@ -137,9 +154,11 @@ class Setting(Generic[T]):
         self.secret = secret
         self.per_tenant = per_tenant
         self.default: T = self.parse(default, what="the default")
-        self.value: T = self.default
-        """The effective deployment-wide value (kept current by the running kernel)."""
-        self.source: Source = "default"
+        value, source = self.base()
+        self.value: T = value
+        """The effective deployment-wide value (kept current by the running kernel; before
+        one loads, the environment's value or the default)."""
+        self.source: Source = source
         """Where `value` came from."""
         self._tenants: dict[str, T] = {}
         self._reading: Reading[T] = Reading(self.value, self.source)
@@ -171,10 +190,43 @@ class Setting(Generic[T]):
 
     # --- values ----------------------------------------------------------------------------
     def parse(self, raw: Any, *, what: str = "the value") -> T:
-        """`raw` (JSON data or text) as this setting's type, checked; ValueError if not."""
-        value = self._coerce(raw, what)
-        self._check(value, what)
-        return cast("T", value)
+        """`raw` (JSON data or text) as this setting's type, checked; ValueError if not.
+
+        For a secret setting the error says only that the value is not valid: a type's or a
+        validator's message may quote the value, so none of it is passed on."""
+        try:
+            value = self._coerce(raw, what)
+            self._check(value, what)
+        except ValueError:
+            if not self.secret:
+                raise
+        else:
+            return cast("T", value)
+        # Raised outside the handler, so the detailed error is not even its context.
+        raise ValueError(
+            f"{what} is not a valid value for the secret setting {self.key} "
+            "(details are withheld so the value is not echoed)"
+        )
+
+    def base(self, *, strict: bool = False) -> tuple[T, Source]:
+        """The environment's value, else the default. An invalid environment value raises
+        ValueError if `strict`; otherwise it is logged (naming the key and variable, never
+        the value of a secret) and the default is used."""
+        try:
+            env = self.from_env()
+        except ValueError as exc:
+            if strict:
+                raise
+            _logger.warning(
+                "invalid setting in the environment ignored",
+                key=self.key,
+                variable=self.env,
+                **({} if self.secret else {"error": str(exc)}),
+            )
+            env = None
+        if env is not None:
+            return env, "env"
+        return self.default, "default"
 
     def from_env(self, environ: Mapping[str, str] | None = None) -> T | None:
         """The environment's value, or None if its variable is unset."""
@@ -201,14 +253,24 @@ class Setting(Generic[T]):
 
     def _coerce(self, raw: Any, what: str) -> Any:
         if self.kind == "enum":
-            member = raw.value if isinstance(raw, enum.Enum) else raw
-            if not isinstance(member, str) or self.choices is None or member not in self.choices:
-                raise ValueError(f"{what} must be one of: {', '.join(self.choices or ())}")
-            return self._enum(member) if self._enum is not None else member
+            return self._choice(raw, what)
         if self.kind == "json":
             assert self._model is not None
             return _model(self._model, raw, what)
         return _COERCE[self.kind](raw, what)
+
+    def _choice(self, raw: Any, what: str) -> Any:
+        member = raw.value if isinstance(raw, enum.Enum) else raw
+        if self._enum is not None and not isinstance(member, bool):
+            # A member's value may be any type (IntEnum: 1); text names it by str(value).
+            for candidate in self._enum:
+                if candidate.value == member or (
+                    isinstance(member, str) and str(candidate.value) == member.strip()
+                ):
+                    return candidate
+        elif isinstance(member, str) and self.choices is not None and member in self.choices:
+            return member
+        raise ValueError(f"{what} must be one of: {', '.join(self.choices or ())}")
 
     def _check(self, value: Any, what: str) -> None:
         if self.ge is not None and value < self.ge:
@@ -277,25 +339,27 @@ def _model(model: type[BaseModel], raw: Any, what: str) -> BaseModel:
 
 
 def _duration(raw: Any, what: str) -> timedelta:
-    seconds: float | None = None
+    seconds: Decimal | None = None
     if isinstance(raw, timedelta):
-        seconds = raw.total_seconds()
+        seconds = Decimal(raw // _MICROSECOND) / 1_000_000
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        seconds = float(raw)
+        seconds = Decimal(raw) if math.isfinite(raw) else None
     elif isinstance(raw, str):
         text = raw.strip()
         if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
+            seconds = Decimal(text)
         elif (match := _DURATION.fullmatch(text)) is not None:
-            seconds = float(match[1]) * _UNITS[match[2]]
+            seconds = Decimal(match[1]) * _UNITS[match[2]]
         elif text[:1] in {"P", "p", "-"}:
             try:
-                seconds = _ISO_DURATION.validate_python(text.upper()).total_seconds()
+                parsed = _ISO_DURATION.validate_python(text.upper())
+                seconds = Decimal(parsed // _MICROSECOND) / 1_000_000
             except PydanticValidationError:
                 seconds = None
-    if seconds is None or not math.isfinite(seconds) or seconds < 0 or seconds > 10**9:
+    if seconds is None or seconds < 0 or seconds > _MAX_SECONDS:
         raise ValueError(f"{what} must be a duration such as 30s, 5m, 1h or PT5M")
-    return timedelta(seconds=seconds)
+    # Exact decimal arithmetic, rounded to the microsecond timedelta keeps.
+    return timedelta(microseconds=int((seconds * 1_000_000).to_integral_value(ROUND_HALF_EVEN)))
 
 
 _COERCE: dict[str, Callable[[Any, str], Any]] = {

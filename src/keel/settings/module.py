@@ -40,11 +40,12 @@ def store_of(keel: Keel) -> SettingsStore:
 async def _serve(store: SettingsStore, changes: ChangeWatcher) -> None:
     """Load `store` (strictly: an invalid environment value stops startup), make its values
     the handles' and reload it whenever the settings topic changes."""
+    from keel.core.changes import topic_version
     from keel.settings.service import TOPIC
 
     await store.reload()  # values are current before the first request or job
     store.bind()
-    changes.watch(TOPIC, reload=store.reload, version=store.version)
+    changes.watch(TOPIC, reload=store.reload, version=lambda: topic_version(store.db, TOPIC))
 
 
 async def _start(keel: Keel) -> None:

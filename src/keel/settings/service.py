@@ -140,17 +140,6 @@ class SettingsStore:
             return entry.tenants[tenant]
         return entry.value
 
-    async def version(self) -> tuple[int, str | None]:
-        """Changes when any override changes: the history's size and newest id."""
-        async with self.db.session() as session:
-            # unscoped: the version spans every tenant's overrides.
-            row = (
-                await session.execute(
-                    select(func.count(SettingChange.id), func.max(SettingChange.id))
-                )
-            ).one()
-        return int(row[0]), row[1]
-
     async def reload(self) -> None:
         """Read every override, build a new snapshot and swap it in.
 

@@ -366,6 +366,9 @@ def test_allowlisted_tables_are_read_as_postgresql_names() -> None:
     for bad in ("a.b.c", "", "a b", "a;b", "f(x)", '"a.b"'):
         with pytest.raises(ValueError, match=r"name or schema\.name"):
             check_select("SELECT 1", tables=[bad])
+    with pytest.raises(ValueError, match=r"name or schema\.name"):
+        register_sql_kind("test_sql_bad_tables", tables=["a.b.c"])
+    assert "test_sql_bad_tables" not in _KINDS
 
 
 @pytest.mark.parametrize(

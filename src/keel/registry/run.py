@@ -43,7 +43,7 @@ async def run_query(
     On PostgreSQL it runs in a `READ ONLY` transaction with `statement_timeout` set to
     `timeout` seconds for that transaction only; the transaction is rolled back and the
     connection is then closed instead of going back to the pool, so nothing the query left
-    in its session (an advisory lock, a setting, a `LISTEN`) outlives it. On SQLite the
+    in its session (a session advisory lock, which a rollback keeps) outlives it. On SQLite the
     connection runs with `PRAGMA query_only` and a progress handler interrupts the query
     after `timeout` seconds. Placeholders are `:name`, bound from `params`. A table write is
     refused by the database (`sqlalchemy.exc.DBAPIError`); so is a query running longer

@@ -125,6 +125,37 @@ HOSTILE = [
     "SELECT " + "(" * 60 + "1" + ")" * 60,
     "SELECT " + "(" * 5000 + "1" + ")" * 5000,
     "SELECT 1" + " " * 100_000,
+    # WITH only at the start: a nested one could shadow a table name elsewhere.
+    "SELECT * FROM (WITH s AS (SELECT 1) SELECT * FROM s) AS x",
+    "SELECT 1 UNION (WITH s AS (SELECT 1) SELECT * FROM s)",
+    "SELECT (WITH s AS (SELECT 1) SELECT * FROM s)",
+    "WITH a AS (WITH b AS (SELECT 1) SELECT * FROM b) SELECT * FROM a",
+    # System catalogs (unqualified pg_ names resolve to pg_catalog first).
+    "SELECT * FROM pg_authid",
+    "SELECT rolpassword FROM pg_catalog.pg_authid",
+    "SELECT * FROM PG_CATALOG.PG_SHADOW",
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM pg_toast.pg_toast_1255",
+    "SELECT * FROM t WHERE a IN (SELECT usename FROM pg_user)",
+    # Identifiers PostgreSQL would not read as the checker did.
+    'SELECT "NUM_NULLS"(1)',
+    'SELECT "num_nulls"(1)',
+    "SELECT NUM_NULL\u017f(1)",
+    "SELECT RAN\u212a() OVER ()",
+    'SELECT * FROM "a.b"',
+    "SELECT * FROM mydb.public.t",
+    # Ways past the function allowlist: operators and user-defined types.
+    "SELECT 1 OPERATOR(pg_catalog.+) 2",
+    "SELECT a OPERATOR(rv_probe.===) b FROM t",
+    "SELECT CAST(1 AS rv_probe.dom)",
+    "SELECT 1::dom",
+    "SELECT CAST(a AS dom[]) FROM t",
+    "SELECT CAST(1 AS pg_catalog.int4)",
+    "SELECT * FROM t WHERE a = CAST(:a AS my_type)",
+    # Placeholders PostgreSQL's lexer would read differently.
+    "SELECT :a$$",
+    "SELECT * FROM t WHERE a = :a$b",
+    "SELECT ?",
 ]
 
 GOOD = [
@@ -150,6 +181,13 @@ GOOD = [
     "SELECT lag(a) OVER (ORDER BY b), rank() OVER (ORDER BY b) FROM t",
     "SELECT pg_sleep FROM t",
     "SELECT $$ ; DELETE FROM t; $$ AS text",
+    "WITH a AS (SELECT 1 AS x), b AS (SELECT x FROM a) SELECT * FROM b JOIN a USING (x)",
+    "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 3) SELECT n FROM c",
+    "WITH s AS (SELECT 1 AS x) SELECT x FROM s UNION SELECT 2",
+    "SELECT * FROM t WHERE a = :a_1 AND b = :_B2",
+    "SELECT CAST(a AS TEXT), b::numeric(10, 2), c::timestamptz, d::jsonb, e::int[] FROM t",
+    "SELECT NUM_NULLS(a, b), Lower(c) FROM t",
+    'SELECT * FROM "Orders"',
 ]
 
 
@@ -175,6 +213,14 @@ def test_refusals_say_why() -> None:
     assert check_select("SELECT 1; SELECT 2") == ["exactly one statement is allowed, found 2"]
     assert check_select("SELECT " + "(" * 60 + "1" + ")" * 60) == [
         "the query nests too deeply to be checked"
+    ]
+    assert check_select('SELECT "NUM_NULLS"(1)') == ["quoted function names are refused"]
+    assert check_select("SELECT 1 OPERATOR(pg_catalog.+) 2") == ["OPERATOR(...) syntax is refused"]
+    assert check_select("SELECT (SELECT 1 FROM (WITH s AS (SELECT 1) SELECT 1) AS x)") == [
+        "WITH is allowed only at the start of the query, not inside it"
+    ]
+    assert check_select("SELECT :a$$") == [
+        "placeholders are :name, a name of letters, digits and _ (not first a digit)"
     ]
 
 
@@ -236,6 +282,93 @@ def test_functions_and_tables_can_be_extended_per_kind_and_deployment() -> None:
         sqlcheck._extra_functions.discard("test_only_fn")
     with pytest.raises(ValueError, match="lower-case"):
         allow_functions("Bad Name")
+
+
+# (query, tables a kind may read); each reads the table `secret`, which is not among them.
+SHADOWED = [
+    "WITH secret AS (SELECT * FROM secret) SELECT * FROM secret",
+    "WITH a AS (SELECT * FROM secret), secret AS (SELECT 1) SELECT * FROM a",
+    "WITH a AS (SELECT * FROM secret), secret AS (SELECT 1) SELECT * FROM a, secret",
+    "SELECT (SELECT string_agg(pw, ',') FROM secret) AS leaked "
+    "FROM (WITH secret AS (SELECT 1) SELECT 1) AS x",
+    "SELECT * FROM secret, (WITH secret AS (SELECT 1) SELECT * FROM secret) AS s",
+    "SELECT * FROM secret UNION (WITH secret AS (SELECT 1) SELECT * FROM secret)",
+    "WITH x AS (SELECT 1) SELECT * FROM orders WHERE EXISTS "
+    "(WITH secret AS (SELECT 1) SELECT 1) AND EXISTS (SELECT 1 FROM secret)",
+    "WITH s AS (SELECT 1) SELECT * FROM public.secret",
+    'WITH "Secret" AS (SELECT 1) SELECT * FROM secret',
+    'WITH secret AS (SELECT 1) SELECT * FROM "secret", "Secret"',
+]
+
+
+@pytest.mark.parametrize("sql", SHADOWED)
+def test_a_cte_name_does_not_hide_a_table_the_kind_may_not_read(sql: str) -> None:
+    """A name is a CTE only where PostgreSQL reads it as one (top-level WITH; in a CTE body
+    the earlier CTEs only), so a CTE named like a disallowed table does not let it through."""
+    problems = check_select(sql, tables=["orders"])
+    assert problems != []
+    assert all("orders" not in problem for problem in problems)
+
+
+def test_cte_scopes_accept_what_postgresql_resolves_to_a_cte() -> None:
+    """Earlier siblings, every CTE of a WITH RECURSIVE, and the main query see the CTEs."""
+    tables = ["orders"]
+    assert check_select("WITH secret AS (SELECT 1) SELECT * FROM secret", tables=tables) == []
+    assert (
+        check_select(
+            "WITH a AS (SELECT * FROM orders), b AS (SELECT * FROM a) SELECT * FROM a, b",
+            tables=tables,
+        )
+        == []
+    )
+    assert (
+        check_select(
+            "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT 1 FROM orders) SELECT * FROM a",
+            tables=tables,
+        )
+        == []
+    )
+    assert check_select("(WITH secret AS (SELECT 1) SELECT * FROM secret)", tables=tables) == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "accepted"),
+    [
+        ('SELECT * FROM orders, ORDERS, Orders, "orders"', True),
+        ('SELECT * FROM sales.refunds, SALES.REFUNDS, "sales"."refunds"', True),
+        ('SELECT * FROM "Orders"', False),
+        ('SELECT * FROM "ORDERS"', False),
+        ('SELECT * FROM "SALES"."REFUNDS"', False),
+        ('SELECT * FROM "sales.refunds"', False),
+        ("SELECT * FROM refunds", False),
+        ("SELECT * FROM public.orders", False),
+        ("SELECT * FROM x.sales.refunds", False),
+        ("SELECT * FROM \u00c9orders", False),
+    ],
+)
+def test_table_names_compare_as_postgresql_reads_them(sql: str, accepted: bool) -> None:
+    """Unquoted names fold to lower case (ASCII only), quoted ones are exact, a dot inside
+    a name part or a third part is refused."""
+    tables = ["orders", "sales.refunds", '"\u00e9orders"']
+    assert (check_select(sql, tables=tables) == []) is accepted
+
+
+def test_allowlisted_tables_are_read_as_postgresql_names() -> None:
+    """A quoted allowlist entry is exact, an unquoted one folds; a bad entry is an error, and
+    an allowlist may name a catalog table the default kind refuses."""
+    assert check_select('SELECT * FROM "Orders"', tables=['"Orders"']) == []
+    assert check_select("SELECT * FROM orders", tables=['"Orders"']) != []
+    assert check_select("SELECT * FROM ORDERS", tables=["Orders"]) == []
+    assert check_select("SELECT * FROM pg_class", tables=["pg_class"]) == []
+    assert check_select("SELECT * FROM pg_class") == [
+        "the table pg_class is a system catalog, which queries may not read"
+    ]
+    for bad in ("a.b.c", "", "a b", "a;b", "f(x)", '"a.b"'):
+        with pytest.raises(ValueError, match=r"name or schema\.name"):
+            check_select("SELECT 1", tables=[bad])
+    with pytest.raises(ValueError, match=r"name or schema\.name"):
+        register_sql_kind("test_sql_bad_tables", tables=["a.b.c"])
+    assert "test_sql_bad_tables" not in _KINDS
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ PostgreSQL, long statements), whatever the query contains."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -49,14 +50,39 @@ async def test_a_write_inside_the_query_is_refused_by_the_database(migrated_db: 
     assert await _count(migrated_db) == 3
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+SLOW = (
+    "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 100000000) "
+    "SELECT count(*) FROM c"
+)
+
+
 async def test_a_long_query_is_cancelled_after_the_timeout(migrated_db: Database) -> None:
-    """On PostgreSQL the statement timeout stops a query that runs too long."""
+    """The statement timeout (PostgreSQL) or progress handler (SQLite) stops a query that
+    runs too long, and the next query runs normally."""
     start = time.monotonic()
-    with pytest.raises(DBAPIError, match="statement timeout"):
-        await run_query(migrated_db, "SELECT pg_sleep(5)", timeout=0.2)
+    with pytest.raises(DBAPIError, match=r"statement timeout|interrupted"):
+        await run_query(migrated_db, SLOW, timeout=0.2)
     assert time.monotonic() - start < 3
     assert await run_query(migrated_db, "SELECT 1 AS one") == [{"one": 1}]
+    assert await run_query(migrated_db, "SELECT 2 AS two", timeout=30) == [{"two": 2}]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_session_effects_do_not_outlive_the_query(migrated_db: Database) -> None:
+    """A session advisory lock taken by the query (as a function the check does not know
+    might) is gone afterwards: its connection is discarded, not returned to the pool."""
+    first = await run_query(migrated_db, "SELECT pg_backend_pid() AS pid")
+    second = await run_query(migrated_db, "SELECT pg_backend_pid() AS pid")
+    assert first != second
+    await run_query(migrated_db, "SELECT pg_advisory_lock(4242) IS NULL AS locked")
+    deadline = time.monotonic() + 3
+    while True:
+        async with migrated_db.transaction() as session:
+            free = await session.scalar(text("SELECT pg_try_advisory_xact_lock(4242)"))
+        if free or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)  # the discarded backend is still exiting
+    assert free is True
 
 
 async def test_bad_arguments_are_refused(migrated_db: Database) -> None:

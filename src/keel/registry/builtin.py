@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from keel.registry.kinds import Kind, register_kind
 from keel.registry.schemacheck import check_schema
-from keel.registry.sqlcheck import MAX_LENGTH, sql_normalizer, sql_problems
+from keel.registry.sqlcheck import MAX_LENGTH, check_select, sql_normalizer, sql_problems
 
 __all__ = ["JsonSchema", "SqlQuery", "register_sql_kind"]
 
@@ -43,11 +43,14 @@ def register_sql_kind(
     """Register a kind of read-only SQL query (content `SqlQuery`), checked like `sql_query`.
 
     `functions` are accepted on top of the deployment's allowlist; `tables`, when given, are
-    the only tables (`name` or `schema.name`) its queries may read. The stored `sql` is the
-    checker's rendering of the query, so what is served is what was checked.
+    the only tables (`name` or `schema.name`, each part as PostgreSQL reads it: unquoted
+    folded to lower case, `"Quoted"` exact) its queries may read; a malformed entry is a
+    `ValueError` here. The stored `sql` is the checker's rendering of the query, so what is
+    served is what was checked.
     """
     names = tuple(name.lower() for name in functions)
     permitted = None if tables is None else tuple(tables)
+    check_select("SELECT 1", tables=permitted)  # a malformed table entry raises here
     rewrite = sql_normalizer(names, permitted)
 
     def check(query: SqlQuery) -> list[str]:

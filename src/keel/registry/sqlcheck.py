@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import string
 from collections.abc import Callable, Iterable
 
 import sqlglot
@@ -150,6 +151,10 @@ _FORBIDDEN: tuple[type[exp.Expression], ...] = (
 _ROOTS: tuple[type[exp.Expression], ...] = (exp.Select, exp.SetOperation, exp.Subquery)
 _UNICODE_ESCAPE = re.compile(r"u&\s*['\"]", re.IGNORECASE)
 _COMMENT = re.compile(r"/\*|\*/|--")
+_PLACEHOLDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME_PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
+_TABLE_ENTRY = re.compile(rf"({_NAME_PART})(?:\.({_NAME_PART}))?")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 class _Dialect(Postgres):
@@ -221,6 +226,21 @@ def _parse(sql: str) -> exp.Expr | str:
     return statements[0]
 
 
+def _fold(name: str) -> str:
+    """An unquoted identifier as PostgreSQL reads it: ASCII letters folded to lower case
+    (other letters are left as they are, as PostgreSQL does for UTF-8)."""
+    return name.translate(_ASCII_LOWER)
+
+
+def _identifier_key(part: exp.Expr | str) -> str:
+    """One identifier as PostgreSQL compares it: unquoted folded, quoted exact."""
+    if isinstance(part, exp.Identifier):
+        return str(part.this) if part.quoted else _fold(str(part.this))
+    if isinstance(part, str):
+        return _fold(part)
+    return _fold(part.name)
+
+
 def _function_problem(node: exp.Func, allowed: frozenset[str]) -> str | None:
     parent = node.parent
     if (isinstance(parent, exp.Dot) and parent.expression is node) or (
@@ -228,14 +248,25 @@ def _function_problem(node: exp.Func, allowed: frozenset[str]) -> str | None:
     ):
         return "schema-qualified function calls are refused"
     if isinstance(node, exp.Anonymous):
-        name = node.name.lower()
+        if isinstance(node.this, exp.Identifier) and node.this.quoted:
+            return "quoted function names are refused"
+        name = _fold(node.name)
         if name in allowed:
             return None
     else:
-        name = node.sql_name().lower()
+        name = _fold(node.sql_name())
         if isinstance(node, _SAFE_NODES) or name in allowed:
             return None
     return f"the function {name}() is not on the allowlist"
+
+
+def _type_problem(node: exp.DataType) -> str | None:
+    if node.this == exp.DataType.Type.USERDEFINED:
+        return (
+            f"the type {node.sql(dialect=_Dialect)} is refused: only built-in types, "
+            "unqualified (a user-defined type or domain can run its own functions)"
+        )
+    return None
 
 
 def _node_problem(node: exp.Expr, allowed: frozenset[str]) -> str | None:
@@ -247,19 +278,102 @@ def _node_problem(node: exp.Expr, allowed: frozenset[str]) -> str | None:
         return f"{node.key.upper()} is not allowed in a read-only query"
     if isinstance(node, exp.Func):
         return _function_problem(node, allowed)
+    return _syntax_problem(node)
+
+
+def _syntax_problem(node: exp.Expr) -> str | None:
+    """Operators, types and placeholders the check cannot vouch for."""
+    if isinstance(node, exp.Operator):
+        return "OPERATOR(...) syntax is refused"
+    if isinstance(node, exp.DataType):
+        return _type_problem(node)
+    if isinstance(node, exp.Placeholder) and not _PLACEHOLDER.fullmatch(node.name or ""):
+        return "placeholders are :name, a name of letters, digits and _ (not first a digit)"
     return None
 
 
-def _table_problems(root: exp.Expr, tables: Iterable[str]) -> list[str]:
-    permitted = {table.lower() for table in tables}
-    ctes = {cte.alias_or_name.lower() for cte in root.find_all(exp.CTE)}
+def _table_key(entry: str) -> tuple[str, ...]:
+    """An allowlist entry (`name` or `schema.name`, each part unquoted or `"quoted"`, read
+    as PostgreSQL reads it) as the tuple of its identifiers."""
+    match = _TABLE_ENTRY.fullmatch(entry)
+    if match is None:
+        raise ValueError(f"table {entry!r}: use name or schema.name")
+    parts = []
+    for part in match.groups():
+        if part is None:
+            continue
+        if part.startswith('"'):
+            exact = part[1:-1].replace('""', '"')
+            if "." in exact:
+                raise ValueError(f"table {entry!r}: use name or schema.name")
+            parts.append(exact)
+        else:
+            parts.append(_fold(part))
+    return tuple(parts)
+
+
+def _top_with(root: exp.Expr) -> exp.With | None:
+    """The WITH at the start of the statement (also around parentheses), if any."""
+    node: exp.Expr | None = root
+    while node is not None:
+        found = node.args.get("with_") or node.args.get("with")
+        if isinstance(found, exp.With):
+            return found
+        node = node.this if isinstance(node, exp.Subquery) else None
+    return None
+
+
+def _visible_ctes(table: exp.Table, top: exp.With | None) -> set[str]:
+    """The CTE names an unqualified table reference at `table` may mean: in the main query
+    every CTE; in a CTE's body the CTEs before it (WITH RECURSIVE: all of them)."""
+    if top is None:
+        return set()
+    ctes = [cte for cte in top.expressions if isinstance(cte, exp.CTE)]
+    names = [_identifier_key(cte.args["alias"].this) for cte in ctes]
+    node: exp.Expr | None = table
+    while node is not None and node.parent is not top:
+        node = node.parent
+    if node is None:
+        return set(names)  # the main query
+    if top.args.get("recursive"):
+        return set(names)
+    index = next(i for i, cte in enumerate(ctes) if cte is node)
+    return set(names[:index])
+
+
+def _is_catalog(parts: tuple[str, ...]) -> bool:
+    first = parts[0].lower()
+    if len(parts) == 1:
+        return first.startswith("pg_")  # pg_catalog comes first on any search path
+    return first.startswith("pg_") or first == "information_schema"
+
+
+def _table_problems(root: exp.Expr, tables: Iterable[str] | None) -> list[str]:
+    """Tables the query reads that it may not: with `tables`, any table not in it; without,
+    the system catalogs. A WITH is allowed only at the start of the statement, and a name
+    is a CTE only where PostgreSQL would read it as one."""
+    top = _top_with(root)
     found = set()
+    if any(node is not top for node in root.find_all(exp.With)):
+        found.add("WITH is allowed only at the start of the query, not inside it")
+    permitted = None if tables is None else {_table_key(entry) for entry in tables}
     for table in root.find_all(exp.Table):
         if not isinstance(table.this, exp.Identifier):
             continue  # a function in FROM: checked as a function
-        name = ".".join(part for part in (table.db, table.name) if part).lower()
-        if name not in permitted and not (not table.db and name in ctes):
-            found.add(f"the table {name} is not one this kind may read")
+        raw = [table.args.get(arg) for arg in ("catalog", "db", "this")]
+        parts = tuple(_identifier_key(part) for part in raw if part is not None)
+        shown = ".".join(part.sql(dialect=_Dialect) for part in raw if part is not None)
+        if any("." in part for part in parts):
+            found.add(f"the table name {shown} is refused: a name part contains a dot")
+        elif len(parts) > 2:
+            found.add(f"the table name {shown} is refused: use name or schema.name")
+        elif len(parts) == 1 and parts[0] in _visible_ctes(table, top):
+            continue
+        elif permitted is None:
+            if _is_catalog(parts):
+                found.add(f"the table {shown} is a system catalog, which queries may not read")
+        elif parts not in permitted:
+            found.add(f"the table {shown} is not one this kind may read")
     return sorted(found)
 
 
@@ -279,11 +393,10 @@ def check_select(
         return [root]
     if not isinstance(root, _ROOTS):
         return [f"only SELECT queries are allowed, not {root.key.upper()}"]
-    allowed = allowed_functions() | {name.lower() for name in functions}
+    allowed = allowed_functions() | {_fold(name) for name in functions}
     try:
         found = {_node_problem(node, allowed) for node in root.walk()}
-        if tables is not None:
-            found.update(_table_problems(root, tables))
+        found.update(_table_problems(root, tables))
     except RecursionError:
         return ["the query nests too deeply to be checked"]
     return sorted(problem for problem in found if problem is not None)

@@ -87,6 +87,15 @@ def test_secrets_are_redacted() -> None:
     assert redact_url("https://user:pw@[::1]:8/x") == "https://user:***@[::1]:8/x"
 
 
+def test_a_token_passed_as_an_http_user_name_is_redacted() -> None:
+    """`https://TOKEN@host` hides the token; a database URL keeps its (non-secret) user."""
+    assert redact_url("https://ghp_t0ken@api.example.com:8443/v1") == (
+        "https://***@api.example.com:8443/v1"
+    )
+    assert "ghp_t0ken" not in redact_url("http://ghp_t0ken:@api.example.com/")
+    assert redact_url("postgresql+psycopg://keel@db/keel") == "postgresql+psycopg://keel@db/keel"
+
+
 @pytest.mark.parametrize(
     "url",
     [

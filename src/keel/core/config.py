@@ -42,15 +42,22 @@ _SECRET_QUERY_KEYS = frozenset(
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with its password (`user:pw@` or `?password=`) replaced by `***`."""
+    """Return `url` with its password (`user:pw@` or `?password=`) replaced by `***`.
+
+    On http(s) URLs a user name alone (`https://TOKEN@host`) is masked too: there it is how
+    tokens are passed, while a database URL's user name is not a secret."""
     parts = urlsplit(url)
     netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.username or ""
+    token_as_user = (
+        parts.scheme.lower() in {"http", "https"}
+        and parts.username is not None
+        and not parts.password
+    )
+    if parts.password is not None or token_as_user:
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
-        netloc = f"{user}:***@{host}"
+        netloc = f"***@{host}" if token_as_user else f"{parts.username or ''}:***@{host}"
         if parts.port is not None:
             netloc += f":{parts.port}"
     query = parts.query

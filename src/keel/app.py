@@ -10,12 +10,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from starlette.middleware import Middleware
 from starlette.responses import Response
 from starlette.routing import Mount
@@ -27,15 +24,12 @@ from keel.core.database import Database
 from keel.core.errors import (
     ErrorsMiddleware,
     Problem,
-    StartupError,
     install_exception_handlers,
     problem_responses,
 )
 from keel.core.guards import public
-from keel.core.ids import new_id
 from keel.core.keyring import Keyring, load_master_key
 from keel.core.migrate import migration_state, prepare
-from keel.core.models import Instance
 from keel.core.modules import (
     KeelModule,
     LandingLink,
@@ -44,6 +38,7 @@ from keel.core.modules import (
     discover_modules,
     migration_locations,
 )
+from keel.core.process import connect_redis, ensure_instance
 from keel.observability.health import CheckFailed, ReadinessCheck, health_router
 from keel.observability.logging import configure_logging, get_logger
 from keel.observability.metrics import (
@@ -132,9 +127,9 @@ class Keel:
             locations=self.migration_locations,
         )
         _logger.info("database ready", revision=",".join(state.current))
-        self.instance_id = await self._ensure_instance()
+        self.instance_id = await ensure_instance(self.db)
         if self.config.redis_url:
-            self.redis = _connect_redis(self.config.redis_url)
+            self.redis = connect_redis(self.config.redis_url)
         await self.changes.start(redis=self.redis, scope=self.instance_id)
         for module in self.modules:
             for hook in module.on_startup:
@@ -177,24 +172,6 @@ class Keel:
             yield
         finally:
             await self.shutdown()
-
-    async def _ensure_instance(self) -> str:
-        """This deployment's id, created by whichever process starts first."""
-        for _attempt in range(3):
-            try:
-                async with self.db.transaction() as session:
-                    instance = await session.scalar(select(Instance))
-                    if instance is None:
-                        instance = Instance(
-                            id=new_id(),
-                            created_at=datetime.now(UTC),
-                            created_by_version=__version__,
-                        )
-                        session.add(instance)
-                    return instance.id
-            except IntegrityError:
-                continue  # another process created it first: read theirs
-        raise StartupError("could not create the instance record", hint="run `keel doctor`")
 
     async def keyring(self) -> Keyring:
         """The keyring, loaded on first use (creating the master key file on SQLite)."""
@@ -307,17 +284,6 @@ def _chain_lifespan(
             yield state
 
     return lifespan
-
-
-def _connect_redis(url: str) -> Any:
-    try:
-        import redis.asyncio as redis_asyncio
-    except ModuleNotFoundError:
-        raise StartupError(
-            "KEEL_REDIS_URL is set but the redis client is not installed",
-            hint="pip install 'keel-server[redis]'",
-        ) from None
-    return redis_asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
 def create_app(

@@ -143,17 +143,18 @@ def test_display_url_hides_password() -> None:
 
 
 async def test_concurrent_first_starts_agree_on_one_instance(config: Config) -> None:
-    """Several kernels starting at once on an empty database share one instance id."""
-    from keel import Keel
+    """Several processes (kernels, standalone workers) starting at once on an empty database
+    share one instance id."""
+    from keel.core.process import ensure_instance
 
-    kernels = [Keel(config) for _ in range(4)]
-    await upgrade(kernels[0].db)
+    dbs = [Database(config) for _ in range(4)]
+    await upgrade(dbs[0])
     try:
-        ids = await asyncio.gather(*(kernel._ensure_instance() for kernel in kernels))
+        ids = await asyncio.gather(*(ensure_instance(db) for db in dbs))
         assert len(set(ids)) == 1
     finally:
-        for kernel in kernels:
-            await kernel.db.dispose()
+        for db in dbs:
+            await db.dispose()
 
 
 async def test_concurrent_migrators_all_succeed(config: Config) -> None:

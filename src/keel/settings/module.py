@@ -68,6 +68,7 @@ async def start_settings(config: Config, db: Database) -> Callable[[], Awaitable
     version poll) as a kernel does. Returns the function that stops all that."""
     from keel.core.changes import ChangeWatcher
     from keel.core.keyring import Keyring, load_master_key
+    from keel.core.process import connect_redis, ensure_instance
     from keel.settings.service import TOPIC, SettingsStore
 
     loaded: list[Keyring] = []
@@ -92,53 +93,13 @@ async def start_settings(config: Config, db: Database) -> Callable[[], Awaitable
 
     try:
         if config.redis_url:
-            redis = _redis(config.redis_url)
-        await changes.start(redis=redis, scope=await _instance_id(db))
+            redis = connect_redis(config.redis_url)
+        await changes.start(redis=redis, scope=await ensure_instance(db))
         await _serve(store, changes)
     except BaseException:
         await stop()
         raise
     return stop
-
-
-def _redis(url: str) -> Any:
-    from keel.core.errors import StartupError
-
-    try:
-        import redis.asyncio as redis_asyncio
-    except ModuleNotFoundError:
-        raise StartupError(
-            "KEEL_REDIS_URL is set but the redis client is not installed",
-            hint="pip install 'keel-server[redis]'",
-        ) from None
-    return redis_asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-
-
-async def _instance_id(db: Database) -> str:
-    """The deployment's id (the Redis channel's scope), created if no kernel made it yet."""
-    from datetime import UTC, datetime
-
-    from sqlalchemy import select
-    from sqlalchemy.exc import IntegrityError
-
-    from keel import __version__
-    from keel.core.errors import StartupError
-    from keel.core.ids import new_id
-    from keel.core.models import Instance
-
-    for _attempt in range(3):
-        try:
-            async with db.transaction() as session:
-                instance = await session.scalar(select(Instance))
-                if instance is None:
-                    instance = Instance(
-                        id=new_id(), created_at=datetime.now(UTC), created_by_version=__version__
-                    )
-                    session.add(instance)
-                return instance.id
-        except IntegrityError:
-            continue  # a kernel created it meanwhile: read theirs
-    raise StartupError("could not create the instance record", hint="run `keel doctor`")
 
 
 def _pending(keel: Keel) -> Callable[[], Awaitable[str | None]]:

@@ -213,3 +213,21 @@ async def test_sqlite_table_rebuild_keeps_child_rows(tmp_path: Path) -> None:
             assert await session.scalar(text("PRAGMA foreign_keys")) == 1
     finally:
         await db.dispose()
+
+
+def test_redis_configured_without_its_client_is_a_startup_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Redis URL without the redis package stops startup with a one-line hint to install
+    it (for the kernel's client and the rate limiter's pool alike)."""
+    import sys
+
+    from keel.core.errors import StartupError
+    from keel.core.process import connect_redis
+    from keel.protection.ratestore import redis_storage
+
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    for start in (connect_redis, redis_storage):
+        with pytest.raises(StartupError) as raised:
+            start("redis://127.0.0.1:6379/0")
+        assert raised.value.hint == "pip install 'keel-server[redis]'"

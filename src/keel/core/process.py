@@ -15,7 +15,7 @@ from keel.core.errors import StartupError
 from keel.core.ids import new_id
 from keel.core.models import Instance
 
-__all__ = ["connect_redis", "ensure_instance"]
+__all__ = ["connect_redis", "ensure_instance", "redis_asyncio"]
 
 
 async def ensure_instance(db: Database) -> str:
@@ -35,13 +35,18 @@ async def ensure_instance(db: Database) -> str:
     raise StartupError("could not create the instance record", hint="run `keel doctor`")
 
 
-def connect_redis(url: str) -> Any:
-    """A Redis client for `url` (short timeouts: Redis is never allowed to hang a request)."""
+def redis_asyncio() -> Any:
+    """The `redis.asyncio` module, or a StartupError saying how to install it."""
     try:
-        import redis.asyncio as redis_asyncio
+        import redis.asyncio as module
     except ModuleNotFoundError:
         raise StartupError(
             "KEEL_REDIS_URL is set but the redis client is not installed",
             hint="pip install 'keel-server[redis]'",
         ) from None
-    return redis_asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    return module
+
+
+def connect_redis(url: str) -> Any:
+    """A Redis client for `url` (short timeouts: Redis is never allowed to hang a request)."""
+    return redis_asyncio().from_url(url, socket_connect_timeout=2, socket_timeout=2)

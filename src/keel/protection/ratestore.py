@@ -12,8 +12,6 @@ from typing import Any
 
 from limits.aio.storage import RedisStorage, Storage
 
-from keel.core.errors import StartupError
-
 __all__ = ["REDIS_KEY_PREFIX", "FixedWindowMemoryStorage", "redis_storage"]
 
 REDIS_KEY_PREFIX = "keel:rl"
@@ -107,15 +105,10 @@ class FixedWindowMemoryStorage(Storage):
 
 def redis_storage(url: str) -> tuple[Storage, Callable[[], Awaitable[None]]]:
     """A `limits` Redis storage for `url`, and the coroutine function that closes it."""
-    try:
-        import redis.asyncio as redis_asyncio
-    except ModuleNotFoundError:
-        raise StartupError(
-            "KEEL_REDIS_URL is set but the redis client is not installed",
-            hint="pip install 'keel-server[redis]'",
-        ) from None
+    from keel.core.process import redis_asyncio
+
     # A pool of its own: short timeouts suit the request path, not the kernel's other uses.
-    pool = redis_asyncio.ConnectionPool.from_url(
+    pool = redis_asyncio().ConnectionPool.from_url(
         url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
     )
     options: dict[str, Any] = {"connection_pool": pool}

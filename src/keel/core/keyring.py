@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from keel.core.config import Config
 from keel.core.database import Base, Database, UTCDateTime
 from keel.core.errors import KeelError, StartupError
 
-__all__ = ["DataKey", "DecryptionFailed", "Keyring", "load_master_key"]
+__all__ = ["DataKey", "DecryptionFailed", "Keyring", "lazy_keyring", "load_master_key"]
 
 _FORMAT = b"\x01"  # ciphertext layout version
 _NONCE = 12
@@ -235,6 +236,21 @@ class Keyring:
             raise DecryptionFailed()
         await self.load(db)
         return self.decrypt(ciphertext, context=context)
+
+
+def lazy_keyring(config: Config, db: Database) -> Callable[[], Awaitable[Keyring]]:
+    """A function returning the keyring, loaded on its first call only (a process that never
+    touches a secret never needs the master key)."""
+    loaded: list[Keyring] = []
+
+    async def get() -> Keyring:
+        if not loaded:
+            ring = Keyring(load_master_key(config))
+            await ring.load(db)
+            loaded.append(ring)
+        return loaded[0]
+
+    return get
 
 
 async def _lock_keys(session: AsyncSession) -> None:

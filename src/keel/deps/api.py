@@ -203,7 +203,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
         async with keel.db.session() as session:
             # unscoped: maintenance windows are deployment-wide.
             found = await session.scalars(select(Maintenance).order_by(Maintenance.created_at))
-            return {"items": [_window(w) for w in found]}
+            return {"items": [window_as_dict(w) for w in found]}
 
     @router.post(
         "/maintenance",
@@ -214,7 +214,7 @@ def dependencies_router(keel: Keel) -> APIRouter:
     async def add_maintenance(body: NewMaintenance, principal: Writer) -> dict[str, Any]:
         async with keel.db.transaction() as session:
             window = await service.add_maintenance(session, **body.model_dump())
-            return _window(window)
+            return window_as_dict(window)
 
     @router.delete(
         "/maintenance/{window_id}",
@@ -235,7 +235,8 @@ async def _shown(session: AsyncSession, incident: Incident) -> dict[str, Any]:
     return service.as_dict(incident, entries[incident.id])
 
 
-def _window(window: Maintenance) -> dict[str, Any]:
+def window_as_dict(window: Maintenance) -> dict[str, Any]:
+    """A maintenance window as the API and `keel deps maintenance --json` show it."""
     return {
         "id": window.id,
         "title": window.title,

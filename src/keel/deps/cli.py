@@ -14,13 +14,12 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import bind_actor, reset_actor, system_actor
-from keel.audit.service import seal_all
+from keel.audit.system import as_cli
 from keel.core.clitools import DataDirOption, JsonOption, fail, load_config, out, print_json, run
 from keel.core.config import Config
 from keel.core.database import Database
 from keel.core.errors import KeelError
-from keel.core.migrate import prepare
+from keel.deps.api import window_as_dict
 
 __all__ = ["deps_cli"]
 
@@ -54,22 +53,6 @@ def _config(data_dir: Any) -> Config:
     return config
 
 
-async def _with_db(
-    config: Config, work: Callable[[Database], Awaitable[T]], *, audited: bool = False
-) -> T:
-    db = Database(config)
-    token = bind_actor(system_actor("cli"))
-    try:
-        await prepare(db, auto_migrate=config.should_auto_migrate)
-        result = await work(db)
-        if audited:
-            await seal_all(db)
-        return result
-    finally:
-        reset_actor(token)
-        await db.dispose()
-
-
 def _operate(
     config: Config,
     work: Callable[[AsyncSession], Awaitable[T]],
@@ -83,7 +66,7 @@ def _operate(
             return await work(session)
 
     try:
-        return asyncio.run(_with_db(config, inner, audited=True))
+        return asyncio.run(as_cli(config, inner))
     except KeelError as exc:
         fail(exc.detail, hint=exc.hint or hint or None)
 
@@ -154,7 +137,7 @@ def list_(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
                 )
         return rows
 
-    rows = run(_with_db(config, work))
+    rows = run(as_cli(config, work, seal=False))
     if as_json:
         print_json(rows)
         return
@@ -198,7 +181,7 @@ def probe_(
         except LookupError:
             known = ", ".join(["keel.database", *sorted(declared())])
             fail(f"no dependency {name!r} is declared", hint=f"known: {known}")
-    result = run(_with_db(config, lambda db: probe_now(db, name), audited=True))
+    result = run(as_cli(config, lambda db: probe_now(db, name)))
     if as_json:
         print_json(result)
     else:
@@ -389,19 +372,6 @@ def incidents_postmortem(
 
 
 # --- maintenance -----------------------------------------------------------------------------
-def _window(window: Any) -> dict[str, Any]:
-    return {
-        "id": window.id,
-        "title": window.title,
-        "component": window.component,
-        "starts_at": window.starts_at.isoformat() if window.starts_at else None,
-        "ends_at": window.ends_at.isoformat() if window.ends_at else None,
-        "cron": window.cron,
-        "tz": window.tz,
-        "minutes": window.minutes,
-    }
-
-
 def _moment(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
@@ -444,7 +414,7 @@ def maintenance_list(data_dir: DataDirOption = None, as_json: JsonOption = False
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
         # unscoped: maintenance windows are deployment-wide.
         found = await session.scalars(select(Maintenance).order_by(Maintenance.created_at))
-        return [_window(w) for w in found]
+        return [window_as_dict(w) for w in found]
 
     rows = _operate(config, work, hint="")
     if as_json:
@@ -506,7 +476,7 @@ def maintenance_add(  # noqa: PLR0917 - one parameter per option
             tz=tz,
             minutes=minutes,
         )
-        return _window(window)
+        return window_as_dict(window)
 
     data = _operate(
         config,

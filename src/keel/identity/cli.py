@@ -7,7 +7,6 @@ first line of standard input; never from an argument, which shell history and `p
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
@@ -17,8 +16,8 @@ from rich.table import Table
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import bind_actor, record, reset_actor, system_actor
-from keel.audit.service import seal_all
+from keel.audit import record
+from keel.audit.system import in_cli_transaction
 from keel.core.clitools import (
     DataDirOption,
     JsonOption,
@@ -61,22 +60,6 @@ T = TypeVar("T")
 # The CLI acts as the system: it checks role names, not the caller's rights, so the built-in
 # role names (which every catalog shares) are all it needs.
 _CATALOG = Catalog(IDENTITY_PERMISSIONS)
-
-
-async def _in_transaction(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `work` in one transaction as the `system:cli` actor, then seal its audit events
-    (no server may be running to do it)."""
-    db = Database(config)
-    token = bind_actor(system_actor("cli"))
-    try:
-        await prepare(db, auto_migrate=config.should_auto_migrate)
-        async with db.transaction() as session:
-            result = await work(session)
-        await seal_all(db)
-        return result
-    finally:
-        reset_actor(token)
-        await db.dispose()
 
 
 def _user_data(user: User) -> dict[str, object]:
@@ -176,7 +159,7 @@ def create(  # noqa: PLR0917 - one parameter per option
         )
         return {**_user_data(user), "roles": held}
 
-    data = run(_in_transaction(config, work))
+    data = run(in_cli_transaction(config, work))
     if as_json:
         print_json(data)
     else:
@@ -216,7 +199,7 @@ def list_(
             for user in users
         ]
 
-    rows = run(_in_transaction(config, work))
+    rows = run(in_cli_transaction(config, work))
     if as_json:
         print_json(rows)
         return
@@ -263,7 +246,7 @@ def disable(
     async def work(session: AsyncSession) -> dict[str, object]:
         return _user_data(await _disable_recorded(session, email, config))
 
-    data = run(_in_transaction(config, work))
+    data = run(in_cli_transaction(config, work))
     if as_json:
         print_json(data)
     else:
@@ -308,7 +291,7 @@ def sign_out(
     async def work(session: AsyncSession) -> int:
         return await sign_out_everywhere(session, email, config=config)
 
-    ended = run(_in_transaction(config, work))
+    ended = run(in_cli_transaction(config, work))
     address = normalize_email(email)
     if as_json:
         print_json({"email": address, "sessions_ended": ended})
@@ -338,7 +321,7 @@ def unlock_(
             return await unlock_address(session, client)
         return await unlock(session, str(email))
 
-    was_locked = run(_in_transaction(config, work))
+    was_locked = run(in_cli_transaction(config, work))
     address = normalize_email(email) if email is not None else str(client)
     if as_json:
         print_json({"email": address, "was_locked": was_locked})
@@ -358,7 +341,7 @@ def locks(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
     async def work(session: AsyncSession) -> list[tuple[str, str, datetime]]:
         return await locks_in_force(session)
 
-    found = run(_in_transaction(config, work))
+    found = run(in_cli_transaction(config, work))
     rows = [{"kind": k, "who": w, "locked_until": u.isoformat()} for k, w, u in found]
     if as_json:
         print_json(rows)
@@ -389,7 +372,7 @@ def prune_attempts_(
         )
         return int(getattr(result, "rowcount", 0) or 0)
 
-    pruned = run(_in_transaction(config, work))
+    pruned = run(in_cli_transaction(config, work))
     if as_json:
         print_json({"pruned": pruned, "kept_days": days})
     else:
@@ -420,7 +403,7 @@ def tenant_create(
         )
         return {"id": row.id, "slug": row.slug, "name": row.name}
 
-    data = run(_in_transaction(config, work))
+    data = run(in_cli_transaction(config, work))
     if as_json:
         print_json(data)
     else:
@@ -436,7 +419,7 @@ def tenant_list(data_dir: DataDirOption = None, as_json: JsonOption = False) -> 
         rows = await list_tenants(session, None, limit=1000)
         return [{"id": r.id, "slug": r.slug, "name": r.name} for r in rows]
 
-    rows = run(_in_transaction(config, work))
+    rows = run(in_cli_transaction(config, work))
     if as_json:
         print_json(rows)
         return

@@ -14,10 +14,8 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import bind_actor, reset_actor, system_actor
-from keel.audit.service import seal_all
+from keel.audit.system import in_cli_transaction
 from keel.core.clitools import DataDirOption, JsonOption, load_config, out, print_json, run
-from keel.core.config import Config
 from keel.core.database import Database
 from keel.core.migrate import prepare
 from keel.jobs.api import job_data
@@ -29,20 +27,6 @@ __all__ = ["jobs_cli", "worker_cli"]
 T = TypeVar("T")
 group = typer.Typer(help="Operate jobs: list, show, cancel, retry.", no_args_is_help=True)
 worker_group = typer.Typer(help="Run a job worker.", invoke_without_command=True)
-
-
-async def _in_transaction(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    db = Database(config)
-    token = bind_actor(system_actor("cli"))
-    try:
-        await prepare(db, auto_migrate=config.should_auto_migrate)
-        async with db.transaction() as session:
-            result = await work(session)
-        await seal_all(db)
-        return result
-    finally:
-        reset_actor(token)
-        await db.dispose()
 
 
 def _plain(data: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +50,7 @@ def list_(
             query = query.where(Job.state == state)
         return [_plain(job_data(job)) for job in await session.scalars(query)]
 
-    rows = run(_in_transaction(config, work))
+    rows = run(in_cli_transaction(config, work))
     if as_json:
         print_json(rows)
         return
@@ -97,7 +81,7 @@ def show(
     async def work(session: AsyncSession) -> dict[str, Any]:
         return _plain(job_data(await get_job(session, job_id)))
 
-    print_json(run(_in_transaction(config, work)))
+    print_json(run(in_cli_transaction(config, work)))
 
 
 def _operate(action: str, job_id: str, data_dir: Any, as_json: bool) -> None:
@@ -106,7 +90,7 @@ def _operate(action: str, job_id: str, data_dir: Any, as_json: bool) -> None:
     async def work(session: AsyncSession) -> dict[str, Any]:
         return _plain(job_data(await operate(session, job_id, action)))
 
-    data = run(_in_transaction(config, work))
+    data = run(in_cli_transaction(config, work))
     if as_json:
         print_json(data)
     else:

@@ -12,13 +12,9 @@ from rich.table import Table
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import bind_actor, reset_actor, system_actor
-from keel.audit.service import seal_all
+from keel.audit.system import in_cli_transaction
 from keel.core.clitools import DataDirOption, JsonOption, load_config, out, print_json, run
-from keel.core.config import Config
-from keel.core.database import Database
 from keel.core.errors import NotFound
-from keel.core.migrate import prepare
 from keel.identity.models import Tenant
 from keel.registry import service
 from keel.registry.api import asset_data, transition_data, version_data
@@ -40,20 +36,6 @@ TenantOption = Annotated[
     str | None, typer.Option("--tenant", help="Act in this tenant (id or slug).")
 ]
 ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why (kept in the history).")]
-
-
-async def _in_transaction(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    db = Database(config)
-    token = bind_actor(system_actor("cli"))
-    try:
-        await prepare(db, auto_migrate=config.should_auto_migrate)
-        async with db.transaction() as session:
-            result = await work(session)
-        await seal_all(db)
-        return result
-    finally:
-        reset_actor(token)
-        await db.dispose()
 
 
 async def _tenant_id(session: AsyncSession, tenant: str | None) -> str | None:
@@ -89,7 +71,7 @@ def _record(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _go(data_dir: Any, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    return run(_in_transaction(load_config(data_dir=data_dir), work))
+    return run(in_cli_transaction(load_config(data_dir=data_dir), work))
 
 
 @group.command("list")

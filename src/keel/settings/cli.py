@@ -15,13 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.audit import bind_actor, reset_actor, system_actor
-from keel.audit.service import seal_all
+from keel.audit.system import as_cli
 from keel.core.clitools import DataDirOption, JsonOption, fail, load_config, out, print_json, run
 from keel.core.config import Config
 from keel.core.database import Database
-from keel.core.keyring import Keyring, load_master_key
-from keel.core.migrate import prepare
+from keel.core.keyring import Keyring, lazy_keyring
 from keel.settings import service
 from keel.settings.api import setting_data
 from keel.settings.models import GLOBAL
@@ -46,25 +44,12 @@ async def _with(
     config: Config,
     work: Callable[[Database, Callable[[], Awaitable[Keyring]]], Awaitable[T]],
 ) -> T:
-    db = Database(config)
-    token = bind_actor(system_actor("cli"))
-    keyring: Keyring | None = None
+    """`as_cli`, with the keyring loaded only if `work` asks for it (a secret)."""
 
-    async def get_keyring() -> Keyring:
-        nonlocal keyring
-        if keyring is None:
-            keyring = Keyring(load_master_key(config))
-            await keyring.load(db)
-        return keyring
+    async def with_keyring(db: Database) -> T:
+        return await work(db, lazy_keyring(config, db))
 
-    try:
-        await prepare(db, auto_migrate=config.should_auto_migrate)
-        result = await work(db, get_keyring)
-        await seal_all(db)
-        return result
-    finally:
-        reset_actor(token)
-        await db.dispose()
+    return await as_cli(config, with_keyring)
 
 
 async def _store(db: Database, keyring: Callable[[], Awaitable[Keyring]]) -> service.SettingsStore:

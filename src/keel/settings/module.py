@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from keel.core.changes import ChangeWatcher
     from keel.core.config import Config
     from keel.core.database import Database
-    from keel.core.keyring import Keyring
     from keel.settings.service import SettingsStore
 
 __all__ = ["SETTINGS_PERMISSIONS", "settings_module", "start_settings", "store_of"]
@@ -67,20 +66,11 @@ async def start_settings(config: Config, db: Database) -> Callable[[], Awaitable
     through change notices (PostgreSQL `LISTEN`, Redis on the deployment's channel, the
     version poll) as a kernel does. Returns the function that stops all that."""
     from keel.core.changes import ChangeWatcher
-    from keel.core.keyring import Keyring, load_master_key
+    from keel.core.keyring import lazy_keyring
     from keel.core.process import connect_redis, ensure_instance
     from keel.settings.service import TOPIC, SettingsStore
 
-    loaded: list[Keyring] = []
-
-    async def keyring() -> Keyring:
-        if not loaded:
-            ring = Keyring(load_master_key(config))
-            await ring.load(db)
-            loaded.append(ring)
-        return loaded[0]
-
-    store = SettingsStore(db, keyring)
+    store = SettingsStore(db, lazy_keyring(config, db))
     changes = ChangeWatcher(db, poll_interval=config.changes_poll_interval)
     redis: Any = None
 
